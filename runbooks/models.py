@@ -1,0 +1,163 @@
+"""What the incident store keeps: alerts, incidents, their timeline, actions, approvals.
+
+The event outbox lives here too, so that an alert and the event it causes are committed in
+one transaction: an accepted alert is never lost because Prefect was down.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timezone-aware UTC on every backend (SQLite drops the zone on the way in)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=sa.JSON, **kw)
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    TRIAGED = "triaged"
+    INVESTIGATING = "investigating"
+    MITIGATED = "mitigated"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+ACTIVE_STATUSES = (
+    IncidentStatus.OPEN,
+    IncidentStatus.TRIAGED,
+    IncidentStatus.INVESTIGATING,
+    IncidentStatus.MITIGATED,
+)
+
+
+class Incident(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True)
+    title: str
+    status: str = Field(default=IncidentStatus.OPEN, index=True)
+    severity: str | None = None
+    type: str | None = None
+    strategy: str | None = None
+    assignee: str | None = None
+    group_key: str = Field(index=True)
+    # Equal to group_key while the incident is active, NULL after: the unique constraint
+    # makes two concurrent intakes join one incident instead of opening two.
+    open_group_key: str | None = Field(default=None, unique=True)
+    source: str = "alert"
+    description: str = ""
+    opened_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    mitigated_at: datetime | None = _ts(default=None)
+    resolved_at: datetime | None = _ts(default=None)
+    closed_at: datetime | None = _ts(default=None)
+    suppressed_reason: str | None = None
+
+
+class Alert(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("fingerprint", "starts_at", name="uq_alert_delivery"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(index=True)
+    starts_at: datetime = _ts()
+    ends_at: datetime | None = _ts(default=None)
+    status: str = Field(default="firing", index=True)
+    model: str = Field(index=True)
+    alertname: str
+    labels: dict[str, str] = _json(default_factory=dict)
+    annotations: dict[str, str] = _json(default_factory=dict)
+    source: str = "generic"
+    received_at: datetime = _ts(default_factory=utcnow)
+    incident_id: int | None = Field(default=None, foreign_key="incident.id", index=True)
+
+
+class TimelineEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    at: datetime = _ts(default_factory=utcnow)
+    actor: str
+    kind: str
+    message: str
+    data: dict[str, Any] = _json(default_factory=dict)
+
+
+class Action(SQLModel, table=True):
+    """One remediation step against a target; the key makes a retried step act once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    model: str = Field(index=True)
+    kind: str
+    target: str
+    dry_run: bool = False
+    status: str = "started"  # started | done | already | dry_run | failed
+    detail: dict[str, Any] = _json(default_factory=dict)
+    started_at: datetime = _ts(default_factory=utcnow)
+    finished_at: datetime | None = _ts(default=None)
+
+
+class Approval(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    action: str
+    status: str = "pending"  # pending | approved | rejected | timed_out
+    flow_run_id: str | None = None
+    requested_at: datetime = _ts(default_factory=utcnow)
+    decided_at: datetime | None = _ts(default=None)
+    decided_by: str | None = None
+    comment: str = ""
+
+
+class RemediationLock(SQLModel, table=True):
+    """At most one remediation per model: the primary key is the model."""
+
+    model: str = Field(primary_key=True)
+    incident_id: int
+    holder: str
+    acquired_at: datetime = _ts(default_factory=utcnow)
+
+
+class OutboxEvent(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True)
+    event: str
+    resource: dict[str, str] = _json()
+    related: list[dict[str, str]] = _json(default_factory=list)
+    payload: dict[str, Any] = _json(default_factory=dict)
+    occurred: datetime = _ts(default_factory=utcnow)
+    delivered_at: datetime | None = _ts(default=None, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(default_factory=utcnow)
+    last_error: str | None = None

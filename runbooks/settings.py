@@ -1,0 +1,47 @@
+"""Every knob of the product, read from the environment in one place."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path.home() / ".runbooks"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNBOOKS_", extra="ignore")
+
+    home: Path = Field(DEFAULT_HOME, description="Where local state (SQLite, logs) lives.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the incident store; empty means SQLite under home.",
+    )
+    policy_file: Path | None = Field(
+        None, description="Policy YAML; empty means the packaged default policy."
+    )
+    intake_token: str = Field(
+        "", description="Bearer token the intake demands; empty disables auth."
+    )
+    intake_max_body_bytes: int = Field(1_048_576, description="Larger posts get 413.")
+    outbox_retry_seconds: float = Field(
+        2.0, description="First delay before an undelivered event is sent again."
+    )
+    kube_context: str | None = Field(None, description="kubeconfig context to use.")
+    kube_host: str | None = Field(
+        None, description="Kubernetes API URL; overrides kubeconfig and in-cluster config."
+    )
+    slack_token: str = Field("", description="Slack bot token; empty disables Slack.")
+    slack_base_url: str = Field("https://slack.com/api/", description="Slack Web API URL.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'incidents.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
