@@ -1,0 +1,197 @@
+"""The incident store, as tasks: every runbook step reads and writes the incident here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from prefect import task
+from sqlalchemy.exc import OperationalError
+from sqlmodel import select
+
+from runbooks import incidents
+from runbooks.models import Action, Alert, Approval, Incident, utcnow
+from runbooks.policy import Policy, load_policy
+from runbooks.settings import get_settings
+from runbooks.store import session_scope
+from tasks.retry import BACKOFF, retry_when
+
+_retry = {
+    "retries": 2,
+    "retry_delay_seconds": BACKOFF[:2],
+    "retry_condition_fn": retry_when(lambda e: isinstance(e, OperationalError)),
+}
+
+
+def db() -> str:
+    return get_settings().resolved_database_url()
+
+
+@lru_cache(maxsize=1)
+def policy() -> Policy:
+    return load_policy(get_settings().policy_file)
+
+
+class IncidentNotFound(LookupError):
+    pass
+
+
+@task(**_retry)
+def read_incident(incident_id: int) -> dict[str, Any]:
+    with session_scope(db()) as s:
+        incident = s.get(Incident, incident_id)
+        if incident is None:
+            raise IncidentNotFound(
+                f"incident {incident_id} does not exist in {db().split('@')[-1]}; "
+                "check the event payload's incident_id and RUNBOOKS_DATABASE_URL"
+            )
+        alerts = s.exec(select(Alert).where(Alert.incident_id == incident_id)).all()
+        return {
+            **incident.model_dump(mode="json"),
+            "alerts": [a.model_dump(mode="json") for a in alerts],
+        }
+
+
+@task(**_retry)
+def add_timeline(
+    incident_id: int, actor: str, kind: str, message: str, data: dict[str, Any] | None = None
+) -> None:
+    with session_scope(db()) as s:
+        incidents.add_timeline(s, incident_id, actor, kind, message, data)
+
+
+@task(**_retry)
+def set_incident_status(incident_id: int, status: str, actor: str, why: str) -> bool:
+    with session_scope(db()) as s:
+        incident = s.get(Incident, incident_id)
+        return incidents.transition(s, incident, status, actor, why)
+
+
+@task(**_retry)
+def record_triage(
+    incident_id: int,
+    severity: str,
+    incident_type: str,
+    strategy: str,
+    assignee: str | None,
+    reasons: list[str],
+) -> None:
+    with session_scope(db()) as s:
+        incident = s.get(Incident, incident_id)
+        incident.severity = severity
+        incident.type = incident_type
+        incident.strategy = strategy
+        incident.assignee = assignee
+        s.add(incident)
+        for why in reasons:
+            incidents.add_timeline(s, incident_id, "triage", "decision", why)
+        if incidents.is_active(incident):
+            incidents.transition(
+                s, incident, "triaged", "triage", f"{severity} {incident_type}, strategy {strategy}"
+            )
+
+
+@task(**_retry)
+def acquire_remediation_lock(model: str, incident_id: int, holder: str) -> None:
+    with session_scope(db()) as s:
+        incidents.acquire_lock(s, model, incident_id, holder)
+
+
+@task(**_retry)
+def release_remediation_lock(model: str, incident_id: int) -> None:
+    with session_scope(db()) as s:
+        incidents.release_lock(s, model, incident_id)
+
+
+@task(**_retry)
+def cooldown_left(model: str, kind: str, incident_id: int) -> float:
+    with session_scope(db()) as s:
+        return incidents.cooldown_left(
+            s, model, kind, incident_id, policy().remediation.cooldown_seconds
+        )
+
+
+@task(**_retry)
+def begin_action(
+    key: str,
+    incident_id: int,
+    model: str,
+    kind: str,
+    target: str,
+    dry_run: bool,
+    plan: dict[str, Any],
+) -> dict[str, Any]:
+    """Record the plan before acting; a retry gets the first plan back, not a new one."""
+    with session_scope(db()) as s:
+        found = s.exec(select(Action).where(Action.idempotency_key == key)).first()
+        if found is None:
+            found = Action(
+                idempotency_key=key,
+                incident_id=incident_id,
+                model=model,
+                kind=kind,
+                target=target,
+                dry_run=dry_run,
+                detail={"plan": plan},
+            )
+            s.add(found)
+            incidents.add_timeline(
+                s,
+                incident_id,
+                "containment",
+                "action",
+                f"{'dry run: would ' if dry_run else ''}{kind} on {target}: "
+                f"{plan.get('summary', '')}".rstrip(": "),
+                {"plan": plan},
+            )
+            s.flush()
+        return found.model_dump(mode="json")
+
+
+@task(**_retry)
+def finish_action(key: str, status: str, result: dict[str, Any], message: str) -> None:
+    with session_scope(db()) as s:
+        action = s.exec(select(Action).where(Action.idempotency_key == key)).one()
+        action.status = status
+        action.detail = {**action.detail, "result": result}
+        action.finished_at = utcnow()
+        s.add(action)
+        incidents.add_timeline(
+            s, action.incident_id, "containment", "action", message, {"status": status}
+        )
+
+
+@task(**_retry)
+def record_approval_request(incident_id: int, action: str, flow_run_id: str) -> int:
+    with session_scope(db()) as s:
+        approval = Approval(incident_id=incident_id, action=action, flow_run_id=flow_run_id)
+        s.add(approval)
+        s.flush()
+        incidents.add_timeline(
+            s,
+            incident_id,
+            "containment",
+            "approval",
+            f"waiting for approval of {action}: "
+            f"runbooks approve {incident_id} (or the Prefect UI form)",
+            {"approval_id": approval.id, "flow_run_id": flow_run_id},
+        )
+        return approval.id
+
+
+@task(**_retry)
+def record_approval_decision(approval_id: int, status: str, by: str, comment: str) -> None:
+    with session_scope(db()) as s:
+        approval = s.get(Approval, approval_id)
+        approval.status = status
+        approval.decided_by = by
+        approval.comment = comment
+        approval.decided_at = utcnow()
+        s.add(approval)
+        incidents.add_timeline(
+            s,
+            approval.incident_id,
+            by,
+            "approval",
+            f"{approval.action} {status} by {by}" + (f": {comment}" if comment else ""),
+        )

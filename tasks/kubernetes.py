@@ -1,0 +1,91 @@
+"""Kubernetes, through the official client: the only module that imports it.
+
+Each task is one API call, named after it, with a timeout; transient faults retry.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prefect import task
+
+from runbooks.settings import get_settings
+from tasks.retry import BACKOFF, retry_when
+
+TIMEOUT = (3.05, 10)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or exc.status >= 500
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError)
+
+
+_retry = {
+    "retries": 3,
+    "retry_delay_seconds": BACKOFF,
+    "retry_condition_fn": retry_when(_transient),
+}
+
+
+@lru_cache(maxsize=4)
+def api_client(host: str | None = None, context: str | None = None) -> client.ApiClient:
+    """RUNBOOKS_KUBE_HOST, else in-cluster config, else kubeconfig (RUNBOOKS_KUBE_CONTEXT)."""
+    settings = get_settings()
+    host = host or settings.kube_host
+    if host:
+        cfg = client.Configuration()
+        cfg.host = host
+        return client.ApiClient(cfg)
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(context=context or settings.kube_context, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(api_client())
+
+
+def apps() -> client.AppsV1Api:
+    return client.AppsV1Api(api_client())
+
+
+@task(**_retry)
+def read_namespaced_service(name: str, namespace: str) -> dict[str, Any]:
+    svc = core().read_namespaced_service(name, namespace, _request_timeout=TIMEOUT)
+    return api_client().sanitize_for_serialization(svc)
+
+
+@task(**_retry)
+def patch_namespaced_service(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    svc = core().patch_namespaced_service(name, namespace, body, _request_timeout=TIMEOUT)
+    return api_client().sanitize_for_serialization(svc)
+
+
+@task(**_retry)
+def list_namespaced_deployment(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    out = apps().list_namespaced_deployment(
+        namespace, label_selector=label_selector, _request_timeout=TIMEOUT
+    )
+    return [api_client().sanitize_for_serialization(d) for d in out.items]
+
+
+@task(**_retry)
+def read_namespaced_deployment_scale(name: str, namespace: str) -> dict[str, Any]:
+    scale = apps().read_namespaced_deployment_scale(name, namespace, _request_timeout=TIMEOUT)
+    return api_client().sanitize_for_serialization(scale)
+
+
+@task(**_retry)
+def patch_namespaced_deployment_scale(name: str, namespace: str, replicas: int) -> dict[str, Any]:
+    scale = apps().patch_namespaced_deployment_scale(
+        name, namespace, {"spec": {"replicas": replicas}}, _request_timeout=TIMEOUT
+    )
+    return api_client().sanitize_for_serialization(scale)

@@ -1,0 +1,40 @@
+"""A model platform's REST API (`/api/v1/ml/models/{name}/...`) over httpx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from prefect import task
+
+from tasks.retry import BACKOFF, retry_transient_http
+
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+_retry = {"retries": 3, "retry_delay_seconds": BACKOFF, "retry_condition_fn": retry_transient_http}
+
+
+def _check(r: httpx.Response) -> dict[str, Any]:
+    if r.status_code >= 400:
+        # Keep the platform's own words: they usually name the fix.
+        raise httpx.HTTPStatusError(
+            f"{r.request.method} {r.request.url} -> {r.status_code}: {r.text[:300]}",
+            request=r.request,
+            response=r,
+        )
+    return r.json()
+
+
+@task(**_retry)
+def get_model_status(base_url: str, name: str) -> dict[str, Any]:
+    r = httpx.get(f"{base_url.rstrip('/')}/api/v1/ml/models/{name}/status", timeout=TIMEOUT)
+    return _check(r)
+
+
+@task(**_retry)
+def post_model_rollback(base_url: str, name: str, target_version: str) -> dict[str, Any]:
+    r = httpx.post(
+        f"{base_url.rstrip('/')}/api/v1/ml/models/{name}/rollback",
+        json={"targetVersion": target_version},
+        timeout=TIMEOUT,
+    )
+    return _check(r)
