@@ -1,0 +1,213 @@
+"""`runbooks`: the command line of ML Runbooks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _prefect_defaults() -> None:
+    # A served run starts within a second of its event instead of ten.
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RUNBOOKS_WORKDIR", str(Path(__file__).resolve().parent.parent))
+
+
+def build_intake(host: str, port: int):  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from deployments.intake import create_app
+    from deployments.outbox import OutboxDeliverer, prefect_api
+    from runbooks.policy import load_policy
+    from runbooks.settings import get_settings
+
+    settings = get_settings()
+    db = settings.resolved_database_url()
+    policy = load_policy(settings.policy_file)
+    deliverer = None
+    try:
+        api, headers = prefect_api()
+        deliverer = OutboxDeliverer(db, api, headers, settings.outbox_retry_seconds)
+    except RuntimeError as err:
+        print(
+            f"warning: {err}; alerts are stored and their events wait in the outbox",
+            file=sys.stderr,
+        )
+    app = create_app(
+        db,
+        policy,
+        token=settings.intake_token,
+        max_body_bytes=settings.intake_max_body_bytes,
+        deliverer=deliverer,
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    return uvicorn.Server(config)
+
+
+def cmd_serve_intake(args: argparse.Namespace) -> int:
+    server = build_intake(args.host, args.port)
+    print(f"intake listening on http://{args.host}:{args.port}", flush=True)
+    server.run()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments.serve import serve_deployments
+
+    server = build_intake(args.host, args.port)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, name="intake", daemon=True)
+    thread.start()
+    print(f"intake listening on http://{args.host}:{args.port}", flush=True)
+    try:
+        serve_deployments(limit=args.limit)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from runbooks.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as err:
+        print(f"FAILED: {err}", file=sys.stderr)
+        return 1
+    print(f"Checking '{args.file}'  SUCCESS")
+    print(f"Found:\n - {len(policy.severity)} severity rules\n - {len(policy.models)} models")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from prefect.flow_runs import resume_flow_run
+    from sqlmodel import col, select
+
+    from runbooks.models import Approval
+    from runbooks.settings import get_settings
+    from runbooks.store import session_scope
+
+    with session_scope(get_settings().resolved_database_url()) as s:
+        pending = s.exec(
+            select(Approval)
+            .where(Approval.incident_id == args.incident, Approval.status == "pending")
+            .order_by(col(Approval.id).desc())
+        ).first()
+    if pending is None:
+        print(f"incident {args.incident} has no pending approval", file=sys.stderr)
+        return 1
+    resume_flow_run(
+        pending.flow_run_id,
+        run_input={"approve": not args.reject, "approver": args.by, "comment": args.comment},
+    )
+    verb = "rejected" if args.reject else "approved"
+    print(f"{pending.action} for incident {args.incident} {verb} by {args.by}")
+    return 0
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = args.url.rstrip("/")
+    path = f"/api/v1/incidents/{args.id}" if args.id else "/api/v1/incidents"
+    r = httpx.get(base + path, timeout=10)
+    if r.status_code >= 400:
+        print(r.json().get("error", r.text), file=sys.stderr)
+        return 1
+    data = r.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.id:
+        print(format_incident(data))
+    else:
+        for i in data["items"]:
+            print(
+                f"#{i['id']:<5} {i['status']:<13} {i['severity'] or '-':<3} {i['model']:<20} "
+                f"{i['title']}"
+            )
+    return 0
+
+
+def format_incident(view: dict) -> str:
+    lines = [
+        f"incident {view['id']}: {view['title']}",
+        f"model {view['model']}  status {view['status']}  severity {view['severity']}  "
+        f"strategy {view['strategy']}",
+        "timeline:",
+    ]
+    for e in view.get("timeline", []):
+        lines.append(f"  {e['at'][11:23]}  {e['actor']:<14} {e['message']}")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deployments.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def cmd_diagnose(argv: list[str]) -> int:
+    from checks.diagnose import main as diagnose_main
+
+    return diagnose_main(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runbooks", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run one whole incident against a local sandbox")
+    d.add_argument("--keep", action="store_true", help="keep the demo's temp dir")
+    d.set_defaults(func=cmd_demo)
+
+    for name, func, helptext in (
+        ("serve", cmd_serve, "run the intake and serve the deployments (PREFECT_API_URL)"),
+        ("serve-intake", cmd_serve_intake, "run the intake alone"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--host", default="127.0.0.1")
+        s.add_argument("--port", type=int, default=8080)
+        if name == "serve":
+            s.add_argument("--limit", type=int, default=None, help="concurrent runs at most")
+        s.set_defaults(func=func)
+
+    c = sub.add_parser("check-config", help="validate a policy file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    a = sub.add_parser("approve", help="approve (or --reject) an incident's pending action")
+    a.add_argument("incident", type=int)
+    a.add_argument("--reject", action="store_true")
+    a.add_argument("--by", default=os.environ.get("USER", "cli"))
+    a.add_argument("--comment", default="")
+    a.set_defaults(func=cmd_approve)
+
+    i = sub.add_parser("incidents", help="list incidents, or show one with its timeline")
+    i.add_argument("id", nargs="?", type=int)
+    i.add_argument("--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080"))
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_incidents)
+
+    sub.add_parser(
+        "diagnose", help="rank root causes from evidence files (see --help)", add_help=False
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _prefect_defaults()
+    if argv[:1] == ["diagnose"]:
+        return cmd_diagnose(argv[1:])
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The intake: where alerts enter. Validate, persist before answering, group into incidents,
+and stage the Prefect event that starts the runbook (delivered by the outbox).
+
+Endpoints are documented in docs/intake.md.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlmodel import Session, col, func, select
+from starlette.concurrency import run_in_threadpool
+
+from deployments.outbox import OutboxDeliverer
+from runbooks.alerts import AlertPayloadError, parse_alertmanager, parse_generic, parse_report
+from runbooks.incidents import IngestResult, ingest, open_reported_incident
+from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
+from runbooks.policy import Policy
+from runbooks.store import migrate, session_scope
+
+
+class IntakeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def incident_view(s: Session, incident: Incident, timeline: bool) -> dict[str, Any]:
+    view: dict[str, Any] = incident.model_dump(mode="json", exclude={"open_group_key"})
+    alerts = s.exec(select(Alert).where(Alert.incident_id == incident.id).order_by(col(Alert.id)))
+    view["alerts"] = [
+        a.model_dump(
+            mode="json",
+            include={
+                "id",
+                "fingerprint",
+                "status",
+                "alertname",
+                "labels",
+                "annotations",
+                "starts_at",
+                "ends_at",
+                "source",
+            },
+        )
+        for a in alerts
+    ]
+    view["suppressed"] = incident.suppressed_reason is not None
+    if timeline:
+        events = s.exec(
+            select(TimelineEvent)
+            .where(TimelineEvent.incident_id == incident.id)
+            .order_by(col(TimelineEvent.at), col(TimelineEvent.id))
+        )
+        view["timeline"] = [
+            e.model_dump(mode="json", include={"at", "actor", "kind", "message", "data"})
+            for e in events
+        ]
+        actions = s.exec(
+            select(Action).where(Action.incident_id == incident.id).order_by(col(Action.id))
+        )
+        view["actions"] = [a.model_dump(mode="json", exclude={"incident_id"}) for a in actions]
+    return view
+
+
+def create_app(
+    database_url: str,
+    policy: Policy,
+    *,
+    token: str = "",
+    max_body_bytes: int = 1_048_576,
+    deliverer: OutboxDeliverer | None = None,
+) -> FastAPI:
+    """The intake app. `deliverer` is poked after each commit so events leave at once."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        await run_in_threadpool(migrate, database_url)
+        if deliverer is not None:
+            deliverer.start()
+        yield
+        if deliverer is not None:
+            await run_in_threadpool(deliverer.stop)
+
+    app = FastAPI(title="ML Runbooks intake", version="1", lifespan=lifespan)
+
+    @app.exception_handler(IntakeError)
+    async def _intake_error(_r: Request, exc: IntakeError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(AlertPayloadError)
+    async def _payload_error(_r: Request, exc: AlertPayloadError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    async def body_of(request: Request) -> Any:
+        if token:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
+                raise IntakeError(
+                    401,
+                    "missing or wrong bearer token: send "
+                    "'Authorization: Bearer <RUNBOOKS_INTAKE_TOKEN>'",
+                )
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body_bytes:
+            raise IntakeError(
+                413,
+                f"body of {declared} bytes is over the limit of "
+                f"{max_body_bytes}; split the post or raise "
+                "RUNBOOKS_INTAKE_MAX_BODY_BYTES",
+            )
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body_bytes:
+                raise IntakeError(
+                    413,
+                    f"body is over the limit of {max_body_bytes} bytes; "
+                    "split the post or raise RUNBOOKS_INTAKE_MAX_BODY_BYTES",
+                )
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise IntakeError(400, f"body is not valid JSON: {err}") from None
+
+    def store(alerts: list) -> IngestResult:
+        with session_scope(database_url) as s:
+            result = ingest(s, alerts, policy)
+        if deliverer is not None:
+            deliverer.poke()
+        return result
+
+    def accepted(result: IngestResult) -> JSONResponse:
+        return JSONResponse(
+            {
+                "accepted": len(result.items),
+                "incidents": result.incident_ids,
+                "alerts": [vars(i) for i in result.items],
+            },
+            status_code=202,
+        )
+
+    @app.post("/api/v1/alerts/alertmanager", status_code=202)
+    async def alertmanager(request: Request) -> JSONResponse:
+        alerts = parse_alertmanager(await body_of(request))
+        return accepted(await run_in_threadpool(store, alerts))
+
+    @app.post("/api/v1/alerts", status_code=202)
+    async def generic(request: Request) -> JSONResponse:
+        alerts = parse_generic(await body_of(request), utcnow())
+        return accepted(await run_in_threadpool(store, alerts))
+
+    @app.post("/api/v1/model-governance/{model_id}/incidents", status_code=201)
+    async def report(model_id: str, request: Request) -> JSONResponse:
+        rep, alert = parse_report(model_id, await body_of(request), utcnow())
+
+        def write() -> dict[str, Any]:
+            with session_scope(database_url) as s:
+                incident = open_reported_incident(s, alert, rep.severity, rep.type, rep.description)
+                view = incident_view(s, incident, timeline=True)
+            if deliverer is not None:
+                deliverer.poke()
+            return view
+
+        return JSONResponse(await run_in_threadpool(write), status_code=201)
+
+    @app.get("/api/v1/incidents")
+    def list_incidents(
+        status: str | None = None, model: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= 500:
+            raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
+        with session_scope(database_url) as s:
+            q = select(Incident)
+            if status:
+                q = q.where(Incident.status == status)
+            if model:
+                q = q.where(Incident.model == model)
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(col(Incident.id).desc()).offset(offset).limit(limit)).all()
+            return {"total": total, "items": [incident_view(s, i, timeline=False) for i in rows]}
+
+    @app.get("/api/v1/incidents/{incident_id}")
+    def get_incident(incident_id: int) -> dict[str, Any]:
+        with session_scope(database_url) as s:
+            incident = s.get(Incident, incident_id)
+            if incident is None:
+                raise IntakeError(404, f"no incident {incident_id}; list them at /api/v1/incidents")
+            return incident_view(s, incident, timeline=True)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        with session_scope(database_url) as s:
+            s.exec(select(1)).one()
+        return {"status": "ok"}
+
+    return app

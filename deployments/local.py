@@ -1,0 +1,147 @@
+"""Local processes for the demo, the tests and the benchmarks: a Prefect server, the
+runbooks service, Alertmanager. Each runs in its own process group and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedProcess:
+    """A child process in its own session, so stopping it stops everything it started."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> None:
+        self.name = name
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; "
+                    f"see {self.log}:\n{self.tail()}"
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} not ready at {url} after {timeout:.0f} s; see {self.log}:\n{self.tail()}"
+        )
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        # Children that outlived their leader (e.g. a flow run) go with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._fh.close()
+
+
+def prefect_env(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(base if base is not None else os.environ)
+    env.update(
+        {
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        }
+    )
+    env.setdefault(
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        f"sqlite+aiosqlite:///{home / 'prefect' / 'prefect.db'}",
+    )
+    return env
+
+
+def start_prefect_server(
+    home: Path, env: dict[str, str], port: int, timeout: float = 90
+) -> ManagedProcess:
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    proc = ManagedProcess(
+        "prefect server",
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        home / "prefect.log",
+    )
+    proc.wait_http(f"http://127.0.0.1:{port}/api/health", timeout)
+    return proc
+
+
+def start_runbooks_serve(
+    home: Path, env: dict[str, str], port: int, timeout: float = 60
+) -> ManagedProcess:
+    """`runbooks serve`, ready when the intake answers and both deployments exist."""
+    root = Path(__file__).resolve().parent.parent
+    proc = ManagedProcess(
+        "runbooks serve",
+        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
+        env,
+        home / "serve.log",
+        cwd=root,
+    )
+    proc.wait_http(f"http://127.0.0.1:{port}/healthz", timeout)
+    api = env["PREFECT_API_URL"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, timeout=5)
+        names = {d["name"] for d in r.json()} if r.status_code == 200 else set()
+        a = httpx.post(f"{api}/automations/filter", json={}, timeout=5)
+        automations = {x["name"] for x in a.json()} if a.status_code == 200 else set()
+        if {"triage", "containment"} <= names and "triage__automation_1" in automations:
+            return proc
+        time.sleep(0.2)
+    proc.stop()
+    raise RuntimeError(f"deployments not registered after {timeout:.0f} s:\n{proc.tail()}")

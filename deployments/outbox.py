@@ -1,0 +1,120 @@
+"""Delivers staged Prefect events to the Prefect API, in order, until each is accepted.
+
+The intake commits an alert and its event together; this thread sends the event with
+`POST /api/events`. When Prefect is down the event waits, with backoff, and goes out when
+Prefect is back: the alert is never lost and its runbook still starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import httpx
+from sqlmodel import col, select
+
+from runbooks.models import OutboxEvent, utcnow
+from runbooks.store import session_scope
+
+log = logging.getLogger("runbooks.outbox")
+BATCH = 200
+MAX_BACKOFF = 60.0
+
+
+def prefect_api() -> tuple[str, dict[str, str]]:
+    """The Prefect API URL and auth headers from Prefect's own settings."""
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise RuntimeError(
+            "PREFECT_API_URL is not set; point it at your Prefect server, "
+            "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    key = PREFECT_API_KEY.value()
+    return url.rstrip("/"), ({"Authorization": f"Bearer {key}"} if key else {})
+
+
+def to_prefect_event(e: OutboxEvent) -> dict:
+    return {
+        "id": e.id,
+        "occurred": e.occurred.isoformat(),
+        "event": e.event,
+        "resource": e.resource,
+        "related": e.related,
+        "payload": e.payload,
+    }
+
+
+class OutboxDeliverer:
+    def __init__(
+        self, database_url: str, api_url: str, headers: dict[str, str], retry_seconds: float = 2.0
+    ) -> None:
+        self.database_url = database_url
+        self.api_url = api_url
+        self.retry_seconds = retry_seconds
+        self._client = httpx.Client(headers=headers, timeout=10.0)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self.delivered = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                more = self.deliver_due()
+            except Exception:  # noqa: BLE001  the loop must outlive a bad moment of the DB
+                log.exception("outbox pass failed; trying again")
+                more = False
+            if not more:
+                self._wake.wait(timeout=self.retry_seconds)
+                self._wake.clear()
+
+    def deliver_due(self) -> bool:
+        """Send one batch of due events; True when more may be waiting."""
+        now = utcnow()
+        with session_scope(self.database_url) as s:
+            due = s.exec(
+                select(OutboxEvent)
+                .where(col(OutboxEvent.delivered_at).is_(None), OutboxEvent.next_attempt_at <= now)
+                .order_by(col(OutboxEvent.occurred), col(OutboxEvent.id))
+                .limit(BATCH)
+            ).all()
+            if not due:
+                return False
+            try:
+                r = self._client.post(
+                    f"{self.api_url}/events", json=[to_prefect_event(e) for e in due]
+                )
+                ok = r.status_code < 300
+                error = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+            except httpx.HTTPError as err:
+                ok, error = False, f"{type(err).__name__}: {err}"
+            for e in due:
+                e.attempts += 1
+                if ok:
+                    e.delivered_at = now
+                else:
+                    delay = min(MAX_BACKOFF, self.retry_seconds * 2 ** min(e.attempts - 1, 6))
+                    e.next_attempt_at = now + timedelta(seconds=delay)
+                    e.last_error = error
+                s.add(e)
+            if ok:
+                self.delivered += len(due)
+            else:
+                log.warning("Prefect did not take %d events (%s); will retry", len(due), error)
+            return ok and len(due) == BATCH

@@ -1,0 +1,62 @@
+"""Serve the deployments that prefect.yaml declares, with their triggers, from this process.
+
+prefect.yaml stays the one place that says what starts what; `prefect deploy` reads the
+same file for a work pool.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
+
+
+def load_deployment_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    data = yaml.safe_load(path.read_text())
+    specs = data.get("deployments") or []
+    if not specs:
+        raise ValueError(f"{path}: no deployments declared")
+    return specs
+
+
+def import_entrypoint(entrypoint: str) -> Any:
+    """'flows/triage.py:triage' -> the flow object."""
+    file, _, attr = entrypoint.partition(":")
+    module = file.removesuffix(".py").replace("/", ".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter = TypeAdapter(DeploymentTriggerTypes)
+    out = []
+    for spec in load_deployment_specs(path):
+        flow = import_entrypoint(spec["entrypoint"])
+        triggers = []
+        for i, trig in enumerate(spec.get("triggers") or [], start=1):
+            trig = {**trig, "name": trig.get("name", f"{spec['name']}__automation_{i}")}
+            triggers.append(adapter.validate_python(trig))
+        out.append(
+            flow.to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters=spec.get("parameters"),
+                triggers=triggers,
+                cron=(spec.get("schedule") or {}).get("cron"),
+            )
+        )
+    return out
+
+
+def serve_deployments(limit: int | None = None) -> None:
+    from prefect import serve
+
+    serve(*runner_deployments(), limit=limit, print_starting_message=True)
