@@ -1,0 +1,164 @@
+"""The incident store on SQLite and PostgreSQL: migrations, dedup, grouping, lifecycle,
+locks and cooldowns."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from runbooks import incidents
+from runbooks.alerts import parse_alertmanager
+from runbooks.incidents import IncidentStateError
+from runbooks.models import Action, Alert, Incident, OutboxEvent, TimelineEvent
+from runbooks.policy import load_policy
+from runbooks.store import get_engine, migrate, session_scope
+
+FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+POLICY = load_policy()
+
+
+def payload(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def ingest(url: str, name: str) -> incidents.IngestResult:
+    with session_scope(url) as s:
+        return incidents.ingest(s, parse_alertmanager(payload(name)), POLICY)
+
+
+def test_migration_from_empty_database_creates_every_table(db_url: str) -> None:
+    tables = set(sa.inspect(get_engine(db_url)).get_table_names())
+    assert {
+        "incident",
+        "alert",
+        "timelineevent",
+        "action",
+        "approval",
+        "remediationlock",
+        "outboxevent",
+        "alembic_version",
+    } <= tables
+    migrate(db_url)  # a second upgrade is a no-op, not an error
+
+
+def test_grouped_post_opens_one_incident_and_one_event(db_url: str) -> None:
+    result = ingest(db_url, "firing-f1-grouped.json")
+    assert [i.outcome for i in result.items] == ["opened", "joined"]
+    with session_scope(db_url) as s:
+        assert len(s.exec(select(Incident)).all()) == 1
+        events = s.exec(select(OutboxEvent)).all()
+        assert [e.event for e in events] == ["ml.incident.opened", "ml.incident.updated"]
+        assert events[0].resource["prefect.resource.id"] == "ml.model.fraud-v3"
+        assert events[0].payload["incident_id"] == result.items[0].incident_id
+
+
+def test_redelivered_alertmanager_post_changes_nothing(db_url: str) -> None:
+    ingest(db_url, "firing-f1-grouped.json")
+    with session_scope(db_url) as s:
+        before = (len(s.exec(select(TimelineEvent)).all()), len(s.exec(select(OutboxEvent)).all()))
+    again = ingest(db_url, "firing-f1-grouped.json")
+    assert {i.outcome for i in again.items} == {"duplicate"}
+    with session_scope(db_url) as s:
+        after = (len(s.exec(select(TimelineEvent)).all()), len(s.exec(select(OutboxEvent)).all()))
+        assert len(s.exec(select(Alert)).all()) == 2
+    assert after == before
+
+
+def test_resolved_post_resolves_incident_and_emits_no_opening_event(db_url: str) -> None:
+    opened = ingest(db_url, "firing-f1-grouped.json")
+    ingest(db_url, "resolved-f1-grouped.json")
+    with session_scope(db_url) as s:
+        incident = s.get(Incident, opened.items[0].incident_id)
+        assert incident.status == "resolved"
+        assert incident.open_group_key is None
+        names = [e.event for e in s.exec(select(OutboxEvent))]
+        assert names.count("ml.incident.opened") == 1
+        assert "ml.alert.resolved" in names
+        lines = [
+            t.message
+            for t in s.exec(select(TimelineEvent).where(TimelineEvent.incident_id == incident.id))
+        ]
+        assert any("every alert of the incident resolved" in m for m in lines)
+
+
+def test_other_alertname_of_same_model_opens_its_own_incident(db_url: str) -> None:
+    a = ingest(db_url, "firing-f1-grouped.json")
+    b = ingest(db_url, "firing-feature-drift.json")
+    assert a.incident_ids != b.incident_ids
+
+
+def test_alert_firing_after_its_incident_resolved_opens_a_new_one(db_url: str) -> None:
+    first = ingest(db_url, "firing-f1-grouped.json")
+    ingest(db_url, "resolved-f1-grouped.json")
+    refire = payload("firing-f1-grouped.json")
+    for a in refire["alerts"]:
+        a["startsAt"] = "2026-11-22T20:00:00Z"
+    with session_scope(db_url) as s:
+        second = incidents.ingest(s, parse_alertmanager(refire), POLICY)
+    assert second.items[0].outcome == "opened"
+    assert second.incident_ids != first.incident_ids
+
+
+def test_lifecycle_never_moves_backwards(db_url: str) -> None:
+    opened = ingest(db_url, "firing-f1-grouped.json")
+    with session_scope(db_url) as s:
+        incident = s.get(Incident, opened.items[0].incident_id)
+        assert incidents.transition(s, incident, "mitigated", "test", "skip ahead")
+        assert not incidents.transition(s, incident, "mitigated", "test", "again")
+        with pytest.raises(IncidentStateError, match="cannot go back to triaged"):
+            incidents.transition(s, incident, "triaged", "test", "back")
+
+
+def test_one_remediation_per_model_at_a_time(db_url: str) -> None:
+    a = ingest(db_url, "firing-f1-grouped.json").items[0].incident_id
+    b = ingest(db_url, "firing-feature-drift.json").items[0].incident_id
+    with session_scope(db_url) as s:
+        incidents.acquire_lock(s, "fraud-v3", a, "run 1")
+    with session_scope(db_url) as s:
+        incidents.acquire_lock(s, "fraud-v3", a, "run 1 retried")  # same incident: fine
+    with (
+        pytest.raises(IncidentStateError, match=f"being remediated by incident {a}"),
+        session_scope(db_url) as s,
+    ):
+        incidents.acquire_lock(s, "fraud-v3", b, "run 2")
+    with session_scope(db_url) as s:
+        incidents.release_lock(s, "fraud-v3", a)
+    with session_scope(db_url) as s:
+        incidents.acquire_lock(s, "fraud-v3", b, "run 2")
+
+
+def test_cooldown_counts_from_the_last_action_of_another_incident(db_url: str) -> None:
+    a = ingest(db_url, "firing-f1-grouped.json").items[0].incident_id
+    b = ingest(db_url, "firing-feature-drift.json").items[0].incident_id
+    with session_scope(db_url) as s:
+        s.add(
+            Action(
+                idempotency_key="k",
+                incident_id=a,
+                model="fraud-v3",
+                kind="rollback",
+                target="t",
+                status="done",
+                finished_at=datetime.now(UTC) - timedelta(seconds=100),
+            )
+        )
+    with session_scope(db_url) as s:
+        assert incidents.cooldown_left(s, "fraud-v3", "rollback", b, 600) == pytest.approx(
+            500, abs=5
+        )
+        assert incidents.cooldown_left(s, "fraud-v3", "rollback", b, 60) == 0
+        assert incidents.cooldown_left(s, "fraud-v3", "rollback", a, 600) == 0
+        assert incidents.cooldown_left(s, "other", "rollback", b, 600) == 0
+
+
+def test_timestamps_come_back_timezone_aware(db_url: str) -> None:
+    ingest(db_url, "firing-f1-grouped.json")
+    with session_scope(db_url) as s:
+        alert = s.exec(select(Alert)).first()
+        assert alert.starts_at == datetime(2026, 11, 22, 19, 42, 36, tzinfo=UTC)
+        assert alert.received_at.tzinfo is not None
