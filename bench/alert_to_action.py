@@ -1,0 +1,156 @@
+"""Alert POST -> containment call issued, through the real automation path.
+
+Starts a Prefect server, `runbooks serve` and a sandbox platform with N models serving a bad
+v2; posts one P1 alert per model, one at a time, and reads when the rollback action was
+recorded as started (just before the platform call). Prints p50 and p99, and where the time
+goes (intake -> event delivered -> flow run created -> run started -> action).
+
+    ./run bench alert_to_action [N]
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deployments.local import (  # noqa: E402
+    free_port,
+    prefect_env,
+    start_prefect_server,
+    start_runbooks_serve,
+)
+from runbooks.store import session_scope  # noqa: E402
+from sandbox.platform import SandboxPlatform  # noqa: E402
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def main(n: int = 20) -> None:
+    home = Path(tempfile.mkdtemp(prefix="runbooks-bench-"))
+    models = [f"bench-{i}" for i in range(n)]
+    platform = SandboxPlatform(models=models, serve="v2", batch_size=50, window=500)
+    url = platform.start()
+    policy = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "runbooks" / "default_policy.yaml").read_text()
+    )
+    policy["defaults"] = {
+        "target": {"kind": "platform", "url": url},
+        "recovery": {
+            "url": f"{url}/metrics",
+            "above": 0.7,
+            "interval_seconds": 0.5,
+            "consecutive": 1,
+        },
+    }
+    (home / "policy.yaml").write_text(yaml.safe_dump(policy))
+    pport, iport = free_port(), free_port()
+    db = f"sqlite:///{home / 'incidents.db'}"
+    env = prefect_env(home, pport)
+    env.update(
+        {
+            "RUNBOOKS_HOME": str(home),
+            "RUNBOOKS_POLICY_FILE": str(home / "policy.yaml"),
+            "RUNBOOKS_DATABASE_URL": db,
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    server = start_prefect_server(home, env, pport)
+    serve = start_runbooks_serve(home, env, iport)
+    intake, api = f"http://127.0.0.1:{iport}", env["PREFECT_API_URL"]
+    rows = []
+    try:
+        for model in models:
+            t0 = time.time()
+            r = httpx.post(
+                f"{intake}/api/v1/alerts",
+                json={
+                    "model": model,
+                    "alertname": "ModelF1Low",
+                    "metric": "f1_score",
+                    "value": 0.5,
+                },
+                timeout=10,
+            )
+            r.raise_for_status()
+            incident_id = r.json()["incidents"][0]
+            deadline = time.monotonic() + 60
+            view: dict = {}
+            while time.monotonic() < deadline:
+                view = httpx.get(f"{intake}/api/v1/incidents/{incident_id}").json()
+                if view["status"] in ("resolved", "closed"):
+                    break
+                time.sleep(0.1)
+            if not view.get("actions"):
+                raise RuntimeError(f"no action for {model}: {view.get('timeline')}")
+            action_at = ts(view["actions"][0]["started_at"])
+            rows.append({"latency": action_at - t0, **breakdown(db, api, incident_id, t0)})
+            time.sleep(0.5)
+    finally:
+        serve.stop()
+        server.stop()
+        platform.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+    lat = [r["latency"] for r in rows]
+    print(f"alert POST -> containment call issued, {len(lat)} alerts, one at a time:")
+    print(
+        f"  p50 {pct(lat, 0.5):.2f} s   p99 {pct(lat, 0.99):.2f} s   "
+        f"min {min(lat):.2f} s   max {max(lat):.2f} s"
+    )
+    for key in ("event_delivered", "run_created", "run_started", "action"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if vals:
+            print(f"  {key:<16} median {statistics.median(vals):.2f} s after the POST")
+
+
+def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
+    from sqlmodel import select
+
+    from runbooks.models import Action, OutboxEvent
+
+    out: dict = {}
+    with session_scope(db) as s:
+        ev = s.exec(
+            select(OutboxEvent)
+            .where(OutboxEvent.event == "ml.incident.opened")
+            .order_by(OutboxEvent.occurred.desc())
+        ).first()  # type: ignore[union-attr]
+        if ev and ev.delivered_at:
+            out["event_delivered"] = ev.delivered_at.timestamp() - t0
+        act = s.exec(select(Action).where(Action.incident_id == incident_id)).first()
+        if act:
+            out["action"] = act.started_at.timestamp() - t0
+    runs = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "sort": "EXPECTED_START_TIME_DESC",
+            "limit": 1,
+            "flow_runs": {"parent_task_run_id": {"is_null_": True}},
+        },
+    ).json()
+    if runs:
+        out["run_created"] = ts(runs[0]["created"]) - t0
+        if runs[0].get("start_time"):
+            out["run_started"] = ts(runs[0]["start_time"]) - t0
+    return out
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
