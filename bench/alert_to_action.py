@@ -5,7 +5,11 @@ v2; posts one P1 alert per model, one at a time, and reads when the rollback act
 recorded as started (just before the platform call). Prints p50 and p99, and where the time
 goes (intake -> event delivered -> flow run created -> run started -> action).
 
-    ./run bench alert_to_action [N]
+    ./run bench alert_to_action [N] [--prefect-postgres] [--tasks]
+
+--prefect-postgres runs the Prefect server on the local PostgreSQL (a fresh database) instead
+of SQLite: under concurrent writes Prefect-on-SQLite answers some API calls with 503
+("database is locked") and its client backs off 2 s, which shows up in the p99.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +36,8 @@ from deployments.local import (  # noqa: E402
 )
 from runbooks.store import session_scope  # noqa: E402
 from sandbox.platform import SandboxPlatform  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def ts(text: str) -> float:
@@ -63,6 +70,14 @@ def main(n: int = 20) -> None:
     pport, iport = free_port(), free_port()
     db = f"sqlite:///{home / 'incidents.db'}"
     env = prefect_env(home, pport)
+    pg_db = None
+    if "--prefect-postgres" in sys.argv:
+        pg_db = f"prefect_bench_{pport}"
+        with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {pg_db}"))
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_db}"
+        )
     env.update(
         {
             "RUNBOOKS_HOME": str(home),
@@ -102,14 +117,23 @@ def main(n: int = 20) -> None:
             action_at = ts(view["actions"][0]["started_at"])
             rows.append({"latency": action_at - t0, **breakdown(db, api, incident_id, t0)})
             time.sleep(0.5)
+        if "--tasks" in sys.argv:
+            print_task_runs(api, t0)
     finally:
         serve.stop()
         server.stop()
         platform.stop()
         shutil.rmtree(home, ignore_errors=True)
+        if pg_db:
+            with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
+                c.execute(sa.text(f"DROP DATABASE {pg_db} WITH (FORCE)"))
 
     lat = [r["latency"] for r in rows]
-    print(f"alert POST -> containment call issued, {len(lat)} alerts, one at a time:")
+    where = "PostgreSQL" if pg_db else "SQLite"
+    print(
+        f"alert POST -> containment call issued, {len(lat)} alerts, one at a time, "
+        f"Prefect server on {where}:"
+    )
     print(
         f"  p50 {pct(lat, 0.5):.2f} s   p99 {pct(lat, 0.99):.2f} s   "
         f"min {min(lat):.2f} s   max {max(lat):.2f} s"
@@ -118,6 +142,18 @@ def main(n: int = 20) -> None:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             print(f"  {key:<16} median {statistics.median(vals):.2f} s after the POST")
+
+
+def print_task_runs(api: str, t0: float) -> None:
+    """Where the last alert's time went inside the flows, task by task."""
+    runs = httpx.post(f"{api}/task_runs/filter", json={"limit": 200}).json()
+    flows = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}).json()
+    rows = [(r.get("start_time"), r.get("end_time"), "task", r["name"]) for r in runs]
+    rows += [(r.get("start_time"), r.get("end_time"), "flow", r["name"]) for r in flows]
+    rows += [(r.get("created"), None, "created", r["name"]) for r in flows]
+    for start, end, kind, name in sorted(r for r in rows if r[0] and ts(r[0]) >= t0):
+        took = f"{ts(end) - ts(start):.2f}" if end else "-"
+        print(f"  +{ts(start) - t0:6.2f} s  {kind:<8} {name:<40} {took}")
 
 
 def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
@@ -153,4 +189,5 @@ def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(int(numbers[0]) if numbers else 20)

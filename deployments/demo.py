@@ -164,10 +164,19 @@ def wait_resolved(intake: str, incident_id: int, timeout: float) -> dict:
     raise RuntimeError(f"incident {incident_id} still {view.get('status')} after {timeout:.0f} s")
 
 
-def print_flow_runs(api: str, port: int) -> None:
-    runs = httpx.post(
-        f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC", "limit": 20}, timeout=5
-    ).json()
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def print_flow_runs(api: str, port: int, timeout: float = 15) -> None:
+    # The incident resolves inside the last task; the runs report Completed a beat later.
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = httpx.post(
+            f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC", "limit": 20}, timeout=5
+        ).json()
+        if time.monotonic() > deadline or all(r["state"]["type"] in FINAL for r in runs):
+            break
+        time.sleep(0.2)
     print("flow runs in the Prefect UI:")
     for r in runs:
         print(

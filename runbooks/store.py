@@ -8,8 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.orm import Session as _S  # noqa: F401  (re-exported type for callers)
 from sqlmodel import Session
 
@@ -55,6 +53,10 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
 
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision; safe to call at every start."""
+    # Imported here: every flow run process imports this module, and only servers migrate.
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = get_engine(url)
