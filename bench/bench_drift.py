@@ -1,6 +1,7 @@
 """Figure: our full drift report on 1,000,000 rows x 20 features against Evidently's.
 
-Run: /work/venv/bin/python bench/bench_drift.py   (EVIDENTLY_PYTHON=/work/venv-evidently/bin/python)
+Run: ./run bench bench_drift   (Evidently runs from .venv-evidently, made on first use, or
+EVIDENTLY_PYTHON)
 Each side runs in its own subprocess so peak RSS (ru_maxrss) is its own; the data goes
 through an .npz file (the main venv has no pyarrow for Parquet).
 """
@@ -58,6 +59,20 @@ def run(python: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def evidently_python() -> str:
+    """Evidently 0.7 needs pandas<3, so it lives in a venv of its own, made on first use."""
+    venv = HERE.parent / ".venv-evidently"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"creating {venv} for Evidently 0.7 (pandas<3), once", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "evidently==0.7.23", "pandas<3"],
+            check=True,
+        )
+    return str(python)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "drift.npz"
@@ -70,12 +85,7 @@ def main() -> None:
             f"peak RSS {ours['peak_rss_mb']:.0f} MB "
             f"(data alone {ours['rss_before_report_mb']:.0f} MB)"
         )
-        evid = os.environ.get("EVIDENTLY_PYTHON", "/work/venv-evidently/bin/python")
-        if not Path(evid).exists():
-            print(
-                f"Evidently python {evid} not found; set EVIDENTLY_PYTHON. Our figure alone above."
-            )
-            return
+        evid = os.environ.get("EVIDENTLY_PYTHON") or evidently_python()
         ev = run(evid, [str(HERE / "evidently_drift.py"), str(data)])
         print(
             f"evidently DataDriftPreset(wasserstein, 0.1): {ev['wall_seconds']:.2f} s, "

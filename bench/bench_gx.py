@@ -1,6 +1,6 @@
 """Figure: our GX layer vs GX's own ValidationDefinition.run vs plain pandas, same checks.
 
-Run: /work/venv/bin/python bench/bench_gx.py [ROWS ...]   (default 1,000,000 and 5,000,000)
+Run: ./run bench bench_gx [ROWS ...]   (default 1,000,000 and 5,000,000)
 Each size runs in a subprocess so peak RSS (ru_maxrss) belongs to that size alone.
 """
 
