@@ -89,3 +89,17 @@ def patch_namespaced_deployment_scale(name: str, namespace: str, replicas: int) 
         name, namespace, {"spec": {"replicas": replicas}}, _request_timeout=TIMEOUT
     )
     return api_client().sanitize_for_serialization(scale)
+
+
+@task(**_retry)
+def read_namespaced_deployment(name: str, namespace: str) -> dict[str, Any]:
+    deployment = apps().read_namespaced_deployment(name, namespace, _request_timeout=TIMEOUT)
+    return api_client().sanitize_for_serialization(deployment)
+
+
+@task(**_retry)
+def list_namespaced_replica_set(namespace: str) -> list[dict[str, Any]]:
+    """Every ReplicaSet in the namespace: the caller picks a Deployment's own by owner, as
+    `kubectl rollout history` does, because labels can overlap between Deployments."""
+    out = apps().list_namespaced_replica_set(namespace, _request_timeout=TIMEOUT)
+    return [api_client().sanitize_for_serialization(rs) for rs in out.items]
