@@ -111,12 +111,57 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth() -> dict[str, str]:
+    token = os.environ.get("RUNBOOKS_INTAKE_TOKEN", "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    """Like amtool silence: the intake's silences API from the shell."""
+    import httpx
+
+    base = args.url.rstrip("/") + "/api/v1/silences"
+    try:
+        if args.action == "add":
+            body = {
+                "matchers": args.matchers,
+                "duration": args.duration,
+                "createdBy": args.author,
+                "comment": args.comment,
+            }
+            if args.start:
+                body["startsAt"] = args.start
+            r = httpx.post(base, json=body, headers=_auth(), timeout=10)
+        elif args.action == "expire":
+            r = httpx.delete(f"{base}/{args.id}", headers=_auth(), timeout=10)
+        else:
+            r = httpx.get(base, params={"state": args.state}, headers=_auth(), timeout=10)
+    except httpx.HTTPError as err:
+        print(f"cannot reach the intake at {args.url}: {err}; set --url or RUNBOOKS_INTAKE_URL")
+        return 1
+    if r.status_code >= 400:
+        print(r.json().get("error", r.text), file=sys.stderr)
+        return 1
+    data = r.json()
+    if args.action in ("query", "list"):
+        for v in data["items"]:
+            print(
+                f"{v['id']}  {v['state']:<8} until {v['endsAt'][:16]}  "
+                f"{' '.join(v['matchers'])}  {v['createdBy']}: {v['comment']}"
+            )
+    elif args.action == "add":
+        print(data["id"])
+    else:
+        print(f"{data['id']} expired at {data['endsAt']}")
+    return 0
+
+
 def cmd_incidents(args: argparse.Namespace) -> int:
     import httpx
 
     base = args.url.rstrip("/")
     path = f"/api/v1/incidents/{args.id}" if args.id else "/api/v1/incidents"
-    r = httpx.get(base + path, timeout=10)
+    r = httpx.get(base + path, headers=_auth(), timeout=10)
     if r.status_code >= 400:
         print(r.json().get("error", r.text), file=sys.stderr)
         return 1
@@ -193,6 +238,22 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080"))
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_incidents)
+
+    intake_url = os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080")
+    sil = sub.add_parser("silence", help="add, query or expire silences (like amtool)")
+    sil.add_argument("--url", default=intake_url)
+    ssub = sil.add_subparsers(dest="action", required=True)
+    sa = ssub.add_parser("add", help='silence alerts: runbooks silence add model="fraud-v3"')
+    sa.add_argument("matchers", nargs="+", help='label matchers: model="x" alertname=~"F1.*"')
+    sa.add_argument("--duration", default="1h", help="how long: 30m, 2h, 1d (default 1h)")
+    sa.add_argument("--start", default=None, help="RFC 3339 start; default now")
+    sa.add_argument("--author", default=os.environ.get("USER", "cli"))
+    sa.add_argument("--comment", required=True, help="why; it goes on every muted alert")
+    sq = ssub.add_parser("query", aliases=["list"], help="list silences")
+    sq.add_argument("--state", default="active", help="active, pending, expired or all")
+    se = ssub.add_parser("expire", help="end a silence now")
+    se.add_argument("id")
+    sil.set_defaults(func=cmd_silence)
 
     sub.add_parser(
         "diagnose", help="rank root causes from evidence files (see --help)", add_help=False

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
 from deployments.outbox import OutboxDeliverer
+from runbooks import silences
 from runbooks.alerts import AlertPayloadError, parse_alertmanager, parse_generic, parse_report
 from runbooks.incidents import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
@@ -31,26 +32,16 @@ class IntakeError(Exception):
         self.message = message
 
 
+def alert_view(a: Alert) -> dict[str, Any]:
+    view = a.model_dump(mode="json")
+    view["suppressed"] = a.suppressed_reason is not None
+    return view
+
+
 def incident_view(s: Session, incident: Incident, timeline: bool) -> dict[str, Any]:
     view: dict[str, Any] = incident.model_dump(mode="json", exclude={"open_group_key"})
     alerts = s.exec(select(Alert).where(Alert.incident_id == incident.id).order_by(col(Alert.id)))
-    view["alerts"] = [
-        a.model_dump(
-            mode="json",
-            include={
-                "id",
-                "fingerprint",
-                "status",
-                "alertname",
-                "labels",
-                "annotations",
-                "starts_at",
-                "ends_at",
-                "source",
-            },
-        )
-        for a in alerts
-    ]
+    view["alerts"] = [alert_view(a) for a in alerts]
     view["suppressed"] = incident.suppressed_reason is not None
     if timeline:
         events = s.exec(
@@ -98,7 +89,7 @@ def create_app(
     async def _payload_error(_r: Request, exc: AlertPayloadError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
 
-    async def body_of(request: Request) -> Any:
+    def authorize(request: Request) -> None:
         if token:
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
@@ -108,6 +99,9 @@ def create_app(
                     "missing or wrong bearer token: send "
                     "'Authorization: Bearer <RUNBOOKS_INTAKE_TOKEN>'",
                 )
+
+    async def body_of(request: Request) -> Any:
+        authorize(request)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise IntakeError(
@@ -173,8 +167,13 @@ def create_app(
 
     @app.get("/api/v1/incidents")
     def list_incidents(
-        status: str | None = None, model: str | None = None, limit: int = 50, offset: int = 0
+        request: Request,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> dict[str, Any]:
+        authorize(request)
         if not 1 <= limit <= 500:
             raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
         with session_scope(database_url) as s:
@@ -188,12 +187,73 @@ def create_app(
             return {"total": total, "items": [incident_view(s, i, timeline=False) for i in rows]}
 
     @app.get("/api/v1/incidents/{incident_id}")
-    def get_incident(incident_id: int) -> dict[str, Any]:
+    def get_incident(request: Request, incident_id: int) -> dict[str, Any]:
+        authorize(request)
         with session_scope(database_url) as s:
             incident = s.get(Incident, incident_id)
             if incident is None:
                 raise IntakeError(404, f"no incident {incident_id}; list them at /api/v1/incidents")
             return incident_view(s, incident, timeline=True)
+
+    @app.get("/api/v1/alerts")
+    def list_alerts(
+        request: Request,
+        model: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        authorize(request)
+        if not 1 <= limit <= 500:
+            raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
+        if status not in (None, "firing", "resolved", "suppressed"):
+            raise IntakeError(400, f"status {status!r}: use firing, resolved or suppressed")
+        with session_scope(database_url) as s:
+            q = select(Alert)
+            if model:
+                q = q.where(Alert.model == model)
+            if status == "suppressed":
+                q = q.where(Alert.status == "firing", col(Alert.suppressed_reason).is_not(None))
+            elif status:
+                q = q.where(Alert.status == status)
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(col(Alert.id).desc()).offset(offset).limit(limit)).all()
+            return {"total": total, "items": [alert_view(a) for a in rows]}
+
+    @app.post("/api/v1/silences", status_code=201)
+    async def add_silence(request: Request) -> JSONResponse:
+        body = await body_of(request)
+
+        def write() -> dict[str, Any]:
+            now = utcnow()
+            silence = silences.build(body, now)
+            with session_scope(database_url) as s:
+                return silences.view(silences.add(s, silence), now)
+
+        try:
+            return JSONResponse(await run_in_threadpool(write), status_code=201)
+        except silences.SilenceInputError as err:
+            raise IntakeError(422, str(err)) from None
+
+    @app.get("/api/v1/silences")
+    def list_silences(request: Request, state: str | None = None) -> dict[str, Any]:
+        authorize(request)
+        try:
+            with session_scope(database_url) as s:
+                items = silences.listing(s, state, utcnow())
+        except silences.SilenceInputError as err:
+            raise IntakeError(400, str(err)) from None
+        return {"total": len(items), "items": items}
+
+    @app.delete("/api/v1/silences/{silence_id}")
+    def expire_silence(request: Request, silence_id: str) -> dict[str, Any]:
+        authorize(request)
+        now = utcnow()
+        with session_scope(database_url) as s:
+            row = silences.expire(s, silence_id, now)
+            if row is None:
+                raise IntakeError(404, f"no silence {silence_id}; list them at /api/v1/silences")
+            return silences.view(row, now)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -8,14 +8,16 @@ the event they cause land together or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from runbooks.alerts import AlertIn
+from runbooks import suppression as sup
+from runbooks.alerts import AlertIn, fingerprint_of
 from runbooks.models import (
     ACTIVE_STATUSES,
     Action,
@@ -27,7 +29,9 @@ from runbooks.models import (
     TimelineEvent,
     utcnow,
 )
+from runbooks.models import Silence as SilenceRow
 from runbooks.policy import Policy
+from runbooks.taxonomy import Classification, classify
 
 ORDER = [s.value for s in IncidentStatus]
 
@@ -109,10 +113,16 @@ def enqueue_event(
     return out
 
 
-def group_key(alert: AlertIn, policy: Policy) -> str:
+def group_key(alert: AlertIn, policy: Policy, c: Classification | None = None) -> str:
+    c = c or classify(alert.labels, policy.labels)
     parts = []
     for name in policy.grouping.by:
-        value = alert.model if name == "model" else alert.labels.get(name, "")
+        if name == "model":
+            value = alert.model
+        elif name in ("type", "category"):
+            value = getattr(c, name)
+        else:
+            value = alert.labels.get(name, "")
         parts.append(f"{name}={value}")
     return ",".join(parts)
 
@@ -122,6 +132,7 @@ class Ingested:
     alert_id: int
     incident_id: int | None
     outcome: str  # opened | joined | duplicate | resolved | refired | recorded
+    suppressed: str | None = None
 
 
 @dataclass
@@ -133,20 +144,147 @@ class IngestResult:
         return sorted({i.incident_id for i in self.items if i.incident_id is not None})
 
 
-def ingest(session: Session, alerts: list[AlertIn], policy: Policy) -> IngestResult:
-    """Store alerts and fold them into incidents. A redelivered alert changes nothing."""
+@dataclass
+class _Batch:
+    """What one post needs from the store, read once for all of its alerts."""
+
+    session: Session
+    policy: Policy
+    now: datetime
+    existing: dict[tuple[str, datetime], Alert]
+    open_incidents: dict[str, Incident]
+    silences: list[sup.Silence]
+    windows: list[sup.MaintenanceWindow]
+    rules: list[sup.InhibitRule]
+    sources: list[dict[str, str]]
+    updated: dict[int, list[int]] = field(default_factory=dict)
+
+    def suppression(self, a: AlertIn) -> sup.Suppression | None:
+        return sup.evaluate(
+            a.labels,
+            self.now,
+            silences=self.silences,
+            windows=self.windows,
+            inhibit_rules=self.rules,
+            firing_alerts=self.sources,
+            confidence=confidence_of(a, self.policy),
+            min_confidence=self.policy.suppression.min_confidence,
+        )
+
+
+def confidence_of(a: AlertIn, policy: Policy) -> float | None:
+    name = policy.labels.confidence
+    raw = a.labels.get(name, a.annotations.get(name))
+    try:
+        value = float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
+
+
+def _aware(t: datetime) -> datetime:
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _chunks(items: list[Any], n: int = 500) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _prepare(session: Session, alerts: list[AlertIn], policy: Policy, now: datetime) -> _Batch:
+    existing: dict[tuple[str, datetime], Alert] = {}
+    for chunk in _chunks(sorted({a.fingerprint for a in alerts})):
+        for row in session.exec(select(Alert).where(col(Alert.fingerprint).in_(chunk))):
+            existing[(row.fingerprint, _aware(row.starts_at))] = row
+    keys = sorted({group_key(a, policy) for a in alerts})
+    open_incidents: dict[str, Incident] = {}
+    for chunk in _chunks(keys):
+        for inc in session.exec(select(Incident).where(col(Incident.open_group_key).in_(chunk))):
+            open_incidents[inc.open_group_key or ""] = inc
+    silences = [
+        sup.Silence.model_validate(
+            {
+                "id": row.id,
+                "matchers": row.matchers,
+                "starts_at": row.starts_at,
+                "ends_at": row.ends_at,
+                "created_by": row.created_by,
+                "comment": row.comment,
+            }
+        )
+        for row in session.exec(select(SilenceRow).where(SilenceRow.ends_at > now))
+    ]
+    rules = policy.suppression.rules()
+    return _Batch(
+        session=session,
+        policy=policy,
+        now=now,
+        existing=existing,
+        open_incidents=open_incidents,
+        silences=silences,
+        windows=policy.suppression.windows(),
+        rules=rules,
+        sources=_inhibition_sources(session, rules),
+    )
+
+
+def _inhibition_sources(session: Session, rules: list[sup.InhibitRule]) -> list[dict[str, str]]:
+    """Firing alerts that could inhibit: narrowed by alertname when every rule names one."""
+    if not rules:
+        return []
+    names: set[str] = set()
+    for rule in rules:
+        eq = [m.value for m in rule.source_matchers if m.name == "alertname" and m.op == "="]
+        if not eq:
+            names = set()
+            break
+        names.update(eq)
+    q = select(Alert.labels).where(Alert.status == "firing")
+    if names:
+        q = q.where(col(Alert.alertname).in_(sorted(names)))
+    return [dict(labels) for labels in session.exec(q)]
+
+
+def ingest(
+    session: Session, alerts: list[AlertIn], policy: Policy, now: datetime | None = None
+) -> IngestResult:
+    """Store alerts and fold them into incidents. A redelivered alert changes nothing.
+
+    One post is one batch: the store is read once for all its alerts, and each incident
+    that took alerts announces it once.
+    """
+    now = now or utcnow()
+    if policy.grouping.fingerprint_labels:
+        alerts = [_refingerprint(a, policy.grouping.fingerprint_labels) for a in alerts]
+    batch = _prepare(session, alerts, policy, now)
     result = IngestResult()
     for alert in alerts:
-        result.items.append(_ingest_one(session, alert, policy))
+        result.items.append(_ingest_one(batch, alert))
+    for incident_id, alert_ids in batch.updated.items():
+        incident = session.get(Incident, incident_id)
+        if incident is not None:
+            enqueue_event(
+                session,
+                "ml.incident.updated",
+                incident,
+                {"alert_ids": alert_ids, "alerts": len(alert_ids), "status": "firing"},
+            )
     return result
 
 
-def _ingest_one(session: Session, a: AlertIn, policy: Policy) -> Ingested:
-    existing = session.exec(
-        select(Alert).where(Alert.fingerprint == a.fingerprint, Alert.starts_at == a.starts_at)
-    ).first()
+def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
+    return a.model_copy(
+        update={"fingerprint": fingerprint_of({n: a.labels.get(n, "") for n in names})}
+    )
+
+
+def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
+    session = b.session
+    existing = b.existing.get((a.fingerprint, _aware(a.starts_at)))
     if existing is not None:
         if existing.status == a.status:
+            if a.status == "firing" and existing.suppressed_reason:
+                return _recheck_suppressed(b, a, existing)
             return Ingested(existing.id, existing.incident_id, "duplicate")
         existing.status = a.status
         existing.ends_at = a.ends_at
@@ -161,6 +299,7 @@ def _ingest_one(session: Session, a: AlertIn, policy: Policy) -> Ingested:
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
+    c = classify(a.labels, b.policy.labels)
     row = existing or Alert(
         fingerprint=a.fingerprint,
         starts_at=a.starts_at,
@@ -172,9 +311,11 @@ def _ingest_one(session: Session, a: AlertIn, policy: Policy) -> Ingested:
         annotations=a.annotations,
         source=a.source,
     )
+    row.category, row.type = c.category, c.type
+    b.existing[(a.fingerprint, _aware(a.starts_at))] = row
     session.add(row)
-    key = group_key(a, policy)
-    incident = _open_incident_for(session, key)
+    key = group_key(a, b.policy, c)
+    incident = _open_in_window(b, key)
     if a.status == "resolved":
         # A resolved alert we never saw firing: kept as a record, it starts nothing.
         row.incident_id = incident.id if incident else None
@@ -182,44 +323,120 @@ def _ingest_one(session: Session, a: AlertIn, policy: Policy) -> Ingested:
         if incident:
             add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} resolved")
         return Ingested(row.id, row.incident_id, "recorded")
+
+    muted = b.suppression(a)
+    row.suppressed_reason = muted.reason if muted else None
+    if muted is None:
+        b.sources.append(dict(a.labels))
     outcome = "joined"
     if incident is None:
-        incident, outcome = _create_incident(session, a, key)
+        incident, outcome = _create_incident(session, a, key, c)
+        b.open_incidents[key] = incident
     row.incident_id = incident.id
+    incident.last_alert_at = b.now
+    session.add(incident)
     session.flush()
+    data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
     if outcome == "opened":
         add_timeline(
-            session,
-            incident.id,
-            "intake",
-            "opened",
-            f"opened by {_name(a)}",
-            {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations},
+            session, incident.id, "intake", "opened", f"opened by {_name(a)}", data, at=b.now
         )
-        enqueue_event(
-            session,
-            "ml.incident.opened",
-            incident,
-            {"alert_id": row.id, "alertname": a.alertname, "status": "firing"},
-        )
+        if muted is not None:
+            add_timeline(session, incident.id, "intake", "suppressed", muted.reason, at=b.now)
+            incident.suppressed_reason = muted.reason
+        else:
+            _page_if_enough(b, incident, a)
     else:
+        note = f" (suppressed: {muted.reason})" if muted else ""
+        add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} joined{note}", data)
+        incident.updated_at = b.now
+        if muted is None and incident.suppressed_reason is not None:
+            _page_if_enough(b, incident, a)
+        elif incident.suppressed_reason is None:
+            b.updated.setdefault(incident.id, []).append(row.id)
+    return Ingested(
+        row.id, incident.id, outcome, incident.suppressed_reason if muted is None else muted.reason
+    )
+
+
+def _open_in_window(b: _Batch, key: str) -> Incident | None:
+    incident = b.open_incidents.get(key)
+    if incident is None or incident.last_alert_at is None:
+        return incident
+    quiet = (b.now - _aware(incident.last_alert_at)).total_seconds()
+    if quiet <= b.policy.grouping.window_seconds:
+        return incident
+    # The group went quiet for longer than the correlation window: this is a new problem.
+    incident.open_group_key = None
+    b.session.add(incident)
+    add_timeline(
+        b.session,
+        incident.id,
+        "intake",
+        "grouping",
+        f"no alert for {quiet:.0f} s > correlation window {b.policy.grouping.window_seconds:g} s; "
+        "later alerts of this group open a new incident",
+    )
+    b.session.flush()
+    del b.open_incidents[key]
+    return None
+
+
+def _page_if_enough(b: _Batch, incident: Incident, a: AlertIn) -> None:
+    """Start the runbook once the group has enough unsuppressed firing alerts."""
+    need = b.policy.grouping.min_alerts
+    have = 1
+    if need > 1:
+        have = b.session.exec(
+            select(func.count())
+            .select_from(Alert)
+            .where(
+                Alert.incident_id == incident.id,
+                Alert.status == "firing",
+                col(Alert.suppressed_reason).is_(None),
+            )
+        ).one()
+    if have < need:
+        reason = f"waiting for {need} alerts in the group before paging ({have} so far)"
+        if incident.suppressed_reason != reason:
+            incident.suppressed_reason = reason
+            add_timeline(b.session, incident.id, "intake", "suppressed", reason)
+        return
+    was = incident.suppressed_reason
+    incident.suppressed_reason = None
+    b.session.add(incident)
+    if was is not None:
         add_timeline(
-            session,
+            b.session,
             incident.id,
             "intake",
-            "alert",
-            f"{_name(a)} joined",
-            {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations},
+            "unsuppressed",
+            f"{_name(a)} is not suppressed; paging now (was: {was})",
         )
-        incident.updated_at = utcnow()
-        session.add(incident)
-        enqueue_event(
-            session,
-            "ml.incident.updated",
-            incident,
-            {"alert_id": row.id, "alertname": a.alertname, "status": "firing"},
-        )
-    return Ingested(row.id, incident.id, outcome)
+    enqueue_event(
+        b.session,
+        "ml.incident.opened",
+        incident,
+        {"alertname": a.alertname, "status": "firing", "alerts": int(have)},
+    )
+
+
+def _recheck_suppressed(b: _Batch, a: AlertIn, row: Alert) -> Ingested:
+    """A muted alert sent again: page now if what muted it (silence, source) has gone."""
+    muted = b.suppression(a)
+    if muted is not None:
+        return Ingested(row.id, row.incident_id, "duplicate", muted.reason)
+    row.suppressed_reason = None
+    b.session.add(row)
+    b.sources.append(dict(a.labels))
+    incident = b.session.get(Incident, row.incident_id) if row.incident_id else None
+    if incident is None or not is_active(incident):
+        return Ingested(row.id, row.incident_id, "duplicate")
+    add_timeline(b.session, incident.id, "intake", "alert", f"{_name(a)} no longer suppressed")
+    if incident.suppressed_reason is not None:
+        b.session.flush()
+        _page_if_enough(b, incident, a)
+    return Ingested(row.id, incident.id, "refired", incident.suppressed_reason)
 
 
 def _name(a: AlertIn) -> str:
@@ -230,10 +447,18 @@ def _open_incident_for(session: Session, key: str) -> Incident | None:
     return session.exec(select(Incident).where(Incident.open_group_key == key)).first()
 
 
-def _create_incident(session: Session, a: AlertIn, key: str) -> tuple[Incident, str]:
+def _create_incident(
+    session: Session, a: AlertIn, key: str, c: Classification
+) -> tuple[Incident, str]:
     summary = a.annotations.get("summary") or f"{a.alertname} on {a.model}"
     incident = Incident(
-        model=a.model, title=summary, group_key=key, open_group_key=key, source=a.source
+        model=a.model,
+        title=summary,
+        group_key=key,
+        open_group_key=key,
+        source=a.source,
+        type=c.type,
+        category=c.category,
     )
     try:
         with session.begin_nested():

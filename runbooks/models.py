@@ -84,6 +84,12 @@ class Incident(SQLModel, table=True):
     resolved_at: datetime | None = _ts(default=None)
     closed_at: datetime | None = _ts(default=None)
     suppressed_reason: str | None = None
+    category: str | None = None
+    criticality: float | None = None
+    route: dict[str, Any] | None = _json(default=None)
+    context: dict[str, Any] | None = _json(default=None)
+    # When the group last took an alert: the correlation window runs from here.
+    last_alert_at: datetime | None = _ts(default=None)
 
 
 class Alert(SQLModel, table=True):
@@ -99,8 +105,23 @@ class Alert(SQLModel, table=True):
     labels: dict[str, str] = _json(default_factory=dict)
     annotations: dict[str, str] = _json(default_factory=dict)
     source: str = "generic"
-    received_at: datetime = _ts(default_factory=utcnow)
+    received_at: datetime = _ts(default_factory=utcnow, index=True)
     incident_id: int | None = Field(default=None, foreign_key="incident.id", index=True)
+    suppressed_reason: str | None = None
+    category: str | None = None
+    type: str | None = None
+
+
+class Silence(SQLModel, table=True):
+    """A human's "keep quiet about these alerts until then" (runbooks silence add)."""
+
+    id: str = Field(primary_key=True)
+    matchers: list[dict[str, str]] = _json()
+    starts_at: datetime = _ts()
+    ends_at: datetime = _ts(index=True)
+    created_by: str
+    comment: str
+    created_at: datetime = _ts(default_factory=utcnow)
 
 
 class TimelineEvent(SQLModel, table=True):

@@ -50,7 +50,8 @@ class SeverityRule(_Strict):
         if self.above is not None and value > self.above:
             return f"{self.severity} because {self.metric}={value:g} > {self.above:g}"
         if self.drop_above is not None and baseline:
-            drop = (baseline - value) / baseline
+            # Rounded so that a drop of exactly 20% (0.72 from 0.90) is not 20.0000001%.
+            drop = round((baseline - value) / baseline, 9)
             if drop > self.drop_above:
                 return (
                     f"{self.severity} because {self.metric} dropped {drop:.1%} "
@@ -95,11 +96,35 @@ class Recovery(_Strict):
     consecutive: int = Field(2, ge=1, description="Readings in a row that must pass.")
 
 
+class Business(_Strict):
+    """What the model is worth: orders incidents and bounds automatic rollback."""
+
+    revenue_per_hour: float = Field(0, ge=0, description="Revenue the model drives, per hour.")
+    users: int = Field(0, ge=0, description="Users who see its predictions.")
+    tier: Literal["critical", "high", "medium", "low"] = "medium"
+
+
+class Registry(_Strict):
+    """Where the model's versions live (MLflow's REST API)."""
+
+    name: str = Field("{model}", description="Registered model name; {model} is filled.")
+    aliases: list[str] = Field(
+        default_factory=lambda: ["champion", "production"],
+        description="Aliases that mark the serving version, first match wins.",
+    )
+
+
 class ModelPolicy(_Strict):
     owners: list[str] = Field(default_factory=list)
+    service_owner: str = Field("", description="Who runs the serving service; paged first.")
     team: str = ""
+    skills: list[str] = Field(
+        default_factory=list, description="Skills an incident on this model needs."
+    )
     target: Target | None = None
     recovery: Recovery = Field(default_factory=Recovery)
+    business: Business = Field(default_factory=Business)
+    registry: Registry = Field(default_factory=Registry)
 
 
 class ApprovalPolicy(_Strict):
@@ -115,7 +140,146 @@ class Remediation(_Strict):
 
 
 class Grouping(_Strict):
-    by: list[str] = Field(default_factory=lambda: ["model", "alertname"])
+    by: list[str] = Field(
+        default_factory=lambda: ["model", "type"],
+        description="Alerts with equal values join one open incident. Names are labels, "
+        "or model / type / category as triage classifies them.",
+    )
+    fingerprint_labels: list[str] = Field(
+        default_factory=list,
+        description="Labels that make an alert's identity; empty means all of them.",
+    )
+    window_seconds: float = Field(
+        3600, gt=0, description="An incident takes new alerts this long after its last one."
+    )
+    min_alerts: int = Field(1, ge=1, description="Open (start a runbook) only at N alerts.")
+
+
+class LabelNames(_Strict):
+    """The alert conventions, renamable for a team whose alerts say it differently."""
+
+    model: list[str] = Field(default_factory=lambda: ["model", "model_name", "deployment"])
+    metric: str = "metric"
+    feature: str = "feature"
+    value: str = "value"
+    baseline: str = "baseline"
+    confidence: str = "confidence"
+
+
+class Suppression(_Strict):
+    min_confidence: float = Field(
+        0.0, ge=0, le=1, description="Alerts less sure than this are recorded, not acted on."
+    )
+    maintenance_windows: list[dict] = Field(
+        default_factory=list, description="See docs/policy.md; checked by check-config."
+    )
+    inhibit_rules: list[dict] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Suppression:
+        # Parsed here so that check-config reports a bad window or rule by its index.
+        from runbooks import suppression as sup
+
+        for i, w in enumerate(self.maintenance_windows):
+            try:
+                sup.MaintenanceWindow.model_validate({"created_by": "policy", **w})
+            except (ValidationError, sup.SuppressionError) as err:
+                raise ValueError(f"maintenance_windows[{i}]: {_short(err)}") from None
+        for i, r in enumerate(self.inhibit_rules):
+            try:
+                sup.InhibitRule.model_validate(r)
+            except (ValidationError, sup.SuppressionError) as err:
+                raise ValueError(f"inhibit_rules[{i}]: {_short(err)}") from None
+        return self
+
+    def windows(self) -> list:
+        from runbooks.suppression import MaintenanceWindow
+
+        return [
+            MaintenanceWindow.model_validate({"created_by": "policy", "id": f"policy-{i}", **w})
+            for i, w in enumerate(self.maintenance_windows)
+        ]
+
+    def rules(self) -> list:
+        from runbooks.suppression import InhibitRule
+
+        return [InhibitRule.model_validate(r) for r in self.inhibit_rules]
+
+
+class Criticality(_Strict):
+    """Weights of the score that orders incidents of one severity (they need not sum to 1)."""
+
+    business_impact: float = Field(0.35, ge=0)
+    technical_severity: float = Field(0.30, ge=0)
+    urgency: float = Field(0.20, ge=0)
+    confidence: float = Field(0.15, ge=0)
+    revenue_reference: float = Field(
+        10_000, gt=0, description="Revenue per hour that counts as full business impact."
+    )
+    users_reference: int = Field(1_000_000, gt=0)
+
+
+class Deadlines(_Strict):
+    """Response SLAs in minutes."""
+
+    triage: float = Field(gt=0)
+    investigation: float = Field(gt=0)
+    resolution: float = Field(gt=0)
+
+
+class EscalationStep(_Strict):
+    after_minutes: float = Field(ge=0)
+    who: str = Field(min_length=1)
+
+
+class Routing(_Strict):
+    oncall: list[str] = Field(
+        default_factory=list, description="The rotation, one person per ISO week in turn."
+    )
+    skills: dict[str, list[str]] = Field(
+        default_factory=dict, description="person -> skills, for the skill match."
+    )
+    team_leads: dict[str, str] = Field(default_factory=dict, description="team -> lead.")
+    escalation: list[EscalationStep] = Field(
+        default_factory=lambda: [
+            EscalationStep(after_minutes=0, who="oncall"),
+            EscalationStep(after_minutes=30, who="team_lead"),
+            EscalationStep(after_minutes=60, who="engineering_manager"),
+            EscalationStep(after_minutes=120, who="vp_engineering"),
+        ]
+    )
+    compliance_officer: str = "compliance-officer"
+    security_team: str = "security-team"
+    channels: dict[Severity, list[str]] = Field(
+        default_factory=lambda: {
+            "P1": ["#ml-incidents", "pagerduty"],
+            "P2": ["#ml-incidents"],
+            "P3": ["#ml-alerts"],
+        }
+    )
+    deadlines: dict[Severity, Deadlines] = Field(
+        default_factory=lambda: {
+            "P1": Deadlines(triage=5, investigation=10, resolution=120),
+            "P2": Deadlines(triage=15, investigation=30, resolution=480),
+            "P3": Deadlines(triage=60, investigation=240, resolution=1440),
+        }
+    )
+
+
+class Strategy(_Strict):
+    revenue_at_risk_bound: float = Field(
+        5_000,
+        ge=0,
+        description="Revenue per hour above which accuracy loss rolls back at once.",
+    )
+
+
+class Enrichment(_Strict):
+    mlflow_url: str = Field("", description="MLflow tracking server; empty skips the registry.")
+    kubernetes_history: bool = Field(
+        True, description="Read the rollout history of Kubernetes targets."
+    )
+    timeout_seconds: float = Field(3, gt=0)
 
 
 class Policy(_Strict):
@@ -124,6 +288,12 @@ class Policy(_Strict):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     remediation: Remediation = Field(default_factory=Remediation)
     grouping: Grouping = Field(default_factory=Grouping)
+    labels: LabelNames = Field(default_factory=LabelNames)
+    suppression: Suppression = Field(default_factory=Suppression)
+    criticality: Criticality = Field(default_factory=Criticality)
+    routing: Routing = Field(default_factory=Routing)
+    strategy: Strategy = Field(default_factory=Strategy)
+    enrichment: Enrichment = Field(default_factory=Enrichment)
     defaults: ModelPolicy = Field(default_factory=ModelPolicy)
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
 
@@ -143,6 +313,12 @@ def normalize_severity(value: str | None) -> Severity | None:
     if upper in ("P1", "P2", "P3"):
         return upper  # type: ignore[return-value]
     return SEVERITY_ALIASES.get(value.strip().lower())  # type: ignore[return-value]
+
+
+def _short(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        return _describe(err)
+    return str(err)
 
 
 def _describe(err: ValidationError) -> str:

@@ -31,14 +31,17 @@ def _number(text: str | None) -> float | None:
 
 def assess(labels: dict[str, str], annotations: dict[str, str], policy: Policy) -> Assessment:
     """The highest severity any rule gives, with every reason; the sender's word otherwise."""
-    metric = labels.get("metric")
-    value = _number(annotations.get("value"))
-    baseline = _number(annotations.get("baseline"))
+    names = policy.labels
+    metric = labels.get(names.metric)
+    value = _number(annotations.get(names.value, labels.get(names.value)))
+    baseline = _number(annotations.get(names.baseline, labels.get(names.baseline)))
     gaps = []
     if metric is None:
-        gaps.append("no 'metric' label: severity cannot be read from the policy's thresholds")
+        gaps.append(
+            f"no {names.metric!r} label: severity cannot be read from the policy's thresholds"
+        )
     if value is None:
-        gaps.append("no numeric 'value' annotation: thresholds cannot be checked")
+        gaps.append(f"no numeric {names.value!r} annotation: thresholds cannot be checked")
     reasons: list[tuple[str, str]] = []
     if metric is not None and value is not None:
         for rule in policy.severity:

@@ -68,27 +68,34 @@ def set_incident_status(incident_id: int, status: str, actor: str, why: str) -> 
 
 
 @task(**_retry)
-def record_triage(
-    incident_id: int,
-    severity: str,
-    incident_type: str,
-    strategy: str,
-    assignee: str | None,
-    reasons: list[str],
-) -> None:
+def record_triage(incident_id: int, decision: dict[str, Any], reasons: list[str]) -> None:
+    """The triage decision (severity, type, strategy, route...) and why, in one commit."""
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)
-        incident.severity = severity
-        incident.type = incident_type
-        incident.strategy = strategy
-        incident.assignee = assignee
+        for key, value in decision.items():
+            setattr(incident, key, value)
         s.add(incident)
         for why in reasons:
             incidents.add_timeline(s, incident_id, "triage", "decision", why)
         if incidents.is_active(incident):
             incidents.transition(
-                s, incident, "triaged", "triage", f"{severity} {incident_type}, strategy {strategy}"
+                s,
+                incident,
+                "triaged",
+                "triage",
+                f"{decision['severity']} {decision['type']}, strategy {decision['strategy']}",
             )
+
+
+@task(**_retry)
+def record_enrichment(incident_id: int, context: dict[str, Any], lines: list[str]) -> None:
+    with session_scope(db()) as s:
+        incident = s.get(Incident, incident_id)
+        incident.context = context
+        s.add(incident)
+        for line in lines:
+            kind = "gap" if line.startswith("gap:") else "context"
+            incidents.add_timeline(s, incident_id, "triage", kind, line)
 
 
 @task(**_retry)

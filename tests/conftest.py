@@ -300,7 +300,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         c.execute(
             sa.text(
                 "TRUNCATE incident, alert, timelineevent, action, approval, "
-                "remediationlock, outboxevent RESTART IDENTITY CASCADE"
+                "remediationlock, outboxevent, silence RESTART IDENTITY CASCADE"
             )
         )
 

@@ -41,7 +41,10 @@ def open_incident(model: str, version: str = "v2", severity: str = "P1") -> int:
         source="test",
     )
     with session_scope(url) as s:
-        result = incidents.ingest(s, [alert], load_policy())
+        # Each call is its own incident: group by alertname, which is unique per call.
+        policy = load_policy()
+        policy.grouping.by = ["model", "alertname"]
+        result = incidents.ingest(s, [alert], policy)
         incident = s.get(Incident, result.items[0].incident_id)
         incident.severity = severity
         s.add(incident)

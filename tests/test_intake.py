@@ -40,7 +40,7 @@ def test_alert_is_committed_before_the_intake_answers(client: TestClient, db_url
     assert r.status_code == 202
     with session_scope(db_url) as s:
         assert len(s.exec(select(Alert)).all()) == 2
-    incident = client.get(f"/api/v1/incidents/{r.json()['incidents'][0]}").json()
+    incident = client.get(f"/api/v1/incidents/{r.json()['incidents'][0]}", headers=AUTH).json()
     assert incident["status"] == "open" and len(incident["alerts"]) == 2
     assert incident["timeline"][0]["message"].startswith("opened by alert ModelF1Low")
 
@@ -115,10 +115,10 @@ def test_incident_list_and_404(client: TestClient) -> None:
     client.post(
         "/api/v1/alerts/alertmanager", content=fixture("firing-f1-grouped.json"), headers=AUTH
     )
-    listing = client.get("/api/v1/incidents?model=fraud-v3").json()
+    listing = client.get("/api/v1/incidents?model=fraud-v3", headers=AUTH).json()
     assert listing["total"] == 1 and listing["items"][0]["model"] == "fraud-v3"
-    assert client.get("/api/v1/incidents/999").status_code == 404
-    assert client.get("/api/v1/incidents?limit=0").status_code == 400
+    assert client.get("/api/v1/incidents/999", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/incidents?limit=0", headers=AUTH).status_code == 400
 
 
 def test_event_waits_in_outbox_while_prefect_is_down_then_is_delivered(

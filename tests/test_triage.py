@@ -1,0 +1,395 @@
+"""Triage that knows ML: taxonomy, severity, strategy and route as a table; suppression,
+grouping and the correlation window as functions of stored state and the clock; the API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from deployments.intake import create_app
+from runbooks import incidents
+from runbooks.alerts import parse_generic
+from runbooks.models import Alert, Incident, OutboxEvent, TimelineEvent
+from runbooks.policy import load_policy, parse_policy
+from runbooks.routing import route
+from runbooks.severity import assess
+from runbooks.silences import add as add_silence
+from runbooks.silences import build as build_silence
+from runbooks.store import session_scope
+from runbooks.strategy import choose_strategy
+from runbooks.taxonomy import classify
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+
+
+def policy_with(**extra: object):  # type: ignore[no-untyped-def]
+    import yaml
+
+    from runbooks.policy import DEFAULT_POLICY
+
+    data = yaml.safe_load(DEFAULT_POLICY.read_text())
+    data.update(extra)
+    return parse_policy(data)
+
+
+POLICY = policy_with(
+    models={
+        "fraud-v3": {
+            "owners": ["alice"],
+            "service_owner": "svc-fraud",
+            "team": "risk",
+            "business": {"revenue_per_hour": 20000, "users": 50000},
+        },
+        "churn": {"owners": ["bob"], "business": {"revenue_per_hour": 100}},
+        "pricing": {"business": {"revenue_per_hour": 100}},
+    },
+    routing={
+        "oncall": ["carol", "dave"],
+        "skills": {"erin": ["data-engineering"], "frank": ["platform"]},
+        "team_leads": {"risk": "rita"},
+    },
+)
+
+
+# alert labels, annotations -> (type, severity, strategy, assignee)
+CASES = [
+    # F1 below the absolute bound: P1, rollback at once, the service owner first.
+    (
+        {"model": "fraud-v3", "alertname": "ModelF1Low", "metric": "f1_score"},
+        {"value": "0.64"},
+        ("performance_degradation", "P1", "immediate_rollback", "svc-fraud"),
+    ),
+    # Exactly 0.70 is not below 0.70; no baseline, so no drop rule: the default P3.
+    (
+        {"model": "churn", "alertname": "ModelF1Low", "metric": "f1_score"},
+        {"value": "0.70"},
+        ("performance_degradation", "P3", "investigation_first", "bob"),
+    ),
+    # Exactly a 20% drop is not above 20%, but above 10%: P2, gradual rollback.
+    (
+        {"model": "churn", "alertname": "ModelF1Low", "metric": "f1_score"},
+        {"value": "0.72", "baseline": "0.90"},
+        ("performance_degradation", "P2", "gradual_rollback", "bob"),
+    ),
+    # 20.1% drop: P1.
+    (
+        {"model": "churn", "alertname": "ModelF1Low", "metric": "f1_score"},
+        {"value": "0.7191", "baseline": "0.90"},
+        ("performance_degradation", "P1", "immediate_rollback", "bob"),
+    ),
+    # Revenue at risk above the bound turns a P2 accuracy loss into an immediate rollback.
+    (
+        {"model": "fraud-v3", "alertname": "ModelRecallLow", "metric": "recall"},
+        {"value": "0.60", "baseline": "0.75"},
+        ("performance_degradation", "P2", "immediate_rollback", "svc-fraud"),
+    ),
+    # Precision drop of exactly 15% is not above 15%: P3 by default.
+    (
+        {"model": "pricing", "alertname": "PrecisionLow", "metric": "precision"},
+        {"value": "0.68", "baseline": "0.80"},
+        ("performance_degradation", "P3", "investigation_first", "carol"),
+    ),
+    # Drift: PSI 0.35 is P2, data quality -> pipeline? no: feature drift investigates.
+    (
+        {"model": "pricing", "alertname": "FeatureDrift", "metric": "psi", "feature": "amount"},
+        {"value": "0.35"},
+        ("prediction_error", "P2", "standard_investigation", "erin"),
+    ),
+    # PSI exactly 0.3 is not above 0.3 but above 0.2: P3.
+    (
+        {"model": "pricing", "alertname": "FeatureDrift", "metric": "psi"},
+        {"value": "0.3"},
+        ("prediction_error", "P3", "standard_investigation", "erin"),
+    ),
+    # Null spike -> pipeline recovery.
+    (
+        {"model": "pricing", "alertname": "NullRateHigh", "metric": "null_rate"},
+        {"value": "0.2"},
+        ("prediction_error", "P2", "pipeline_recovery", "erin"),
+    ),
+    # Latency: P2 -> gradual scaling, routed by skill to platform.
+    (
+        {"model": "pricing", "alertname": "ModelLatencyHigh", "metric": "latency_p99_seconds"},
+        {"value": "2.5"},
+        ("infrastructure", "P2", "gradual_scaling", "frank"),
+    ),
+    # Server down: P1 infrastructure availability -> standard investigation.
+    (
+        {"model": "pricing", "alertname": "ModelServerDown", "metric": "up"},
+        {"value": "0"},
+        ("infrastructure", "P1", "standard_investigation", "frank"),
+    ),
+    # Training job failure, told by the alertname only.
+    (
+        {"model": "churn", "alertname": "TrainingJobFailed", "severity": "high"},
+        {},
+        ("infrastructure", "P2", "training_restart", "bob"),
+    ),
+    # No metric, unknown words: accepted, P3 by default, standard investigation.
+    (
+        {"model": "pricing", "alertname": "Weird"},
+        {},
+        ("unknown", "P3", "standard_investigation", "carol"),
+    ),
+    # Bias by alertname; security; compliance.
+    (
+        {"model": "pricing", "alertname": "FairnessParityGap"},
+        {},
+        ("bias", "P3", "standard_investigation", "carol"),
+    ),
+    (
+        {"model": "pricing", "alertname": "AdversarialInputsDetected", "severity": "critical"},
+        {},
+        ("security", "P1", "standard_investigation", "carol"),
+    ),
+    (
+        {"model": "pricing", "alertname": "PIILeakCompliance"},
+        {},
+        ("compliance", "P3", "standard_investigation", "carol"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("labels", "annotations", "expected"), CASES)
+def test_alert_to_type_severity_strategy_route(labels, annotations, expected) -> None:  # type: ignore[no-untyped-def]
+    c = classify(labels, POLICY.labels)
+    a = assess(labels, annotations, POLICY)
+    model = POLICY.for_model(labels["model"])
+    decision = choose_strategy(a.severity, c, model, POLICY)
+    r = route(a.severity, c, model, POLICY, T0, T0)
+    assert (c.type, a.severity, decision.strategy, r.assignee) == expected
+    assert r.deadlines and r.escalation and r.channels
+
+
+def test_severity_explains_itself_and_says_what_it_could_not_tell() -> None:
+    a = assess({"metric": "f1_score"}, {"value": "0.64"}, POLICY)
+    assert a.reasons == ["P1 because f1_score=0.64 < 0.7"]
+    c = classify({"alertname": "Weird"}, POLICY.labels)
+    blind = assess({"alertname": "Weird"}, {}, POLICY)
+    assert c.gaps and "no 'metric' label" in c.gaps[0]
+    assert any("value" in g for g in blind.gaps)
+
+
+def test_label_names_are_overridable_in_the_policy() -> None:
+    policy = policy_with(labels={"metric": "kpi", "value": "observed"})
+    a = assess({"kpi": "f1_score"}, {"observed": "0.5"}, policy)
+    assert a.severity == "P1"
+    assert classify({"kpi": "psi"}, policy.labels).category == "data_quality"
+
+
+def test_route_escalates_compliance_and_keeps_deadlines_of_the_severity() -> None:
+    c = classify({"alertname": "PIILeakCompliance"}, POLICY.labels)
+    r = route("P1", c, POLICY.for_model("fraud-v3"), POLICY, T0, T0)
+    assert r.escalation[1]["who"] == "compliance-officer"
+    assert r.escalation[2]["who"] == "rita"  # the team lead of risk
+    assert r.deadlines["triage"] == (T0 + timedelta(minutes=5)).isoformat()
+    assert r.deadlines["resolution"] == (T0 + timedelta(hours=2)).isoformat()
+
+
+# --- suppression and grouping through the store -----------------------------------------
+
+
+def post(url: str, policy, alerts: list[dict], now: datetime) -> incidents.IngestResult:  # type: ignore[no-untyped-def]
+    with session_scope(url) as s:
+        return incidents.ingest(s, parse_generic(alerts, now), policy, now=now)
+
+
+def opened_events(url: str, incident_id: int) -> int:
+    with session_scope(url) as s:
+        rows = s.exec(select(OutboxEvent).where(OutboxEvent.event == "ml.incident.opened")).all()
+        return sum(1 for r in rows if r.payload["incident_id"] == incident_id)
+
+
+def incident(url: str, incident_id: int) -> Incident:
+    with session_scope(url) as s:
+        return s.get(Incident, incident_id)
+
+
+def f1(model: str = "fraud-v3", name: str = "ModelF1Low", **kw: object) -> dict:
+    return {"model": model, "alertname": name, "metric": "f1_score", "value": 0.6, **kw}
+
+
+def test_active_silence_mutes_then_expired_silence_pages(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        add_silence(
+            s,
+            build_silence(
+                {
+                    "matchers": ['model="fraud-v3"'],
+                    "startsAt": T0.isoformat(),
+                    "duration": "1h",
+                    "createdBy": "alice",
+                    "comment": "retraining",
+                },
+                T0,
+            ),
+        )
+    first = post(db_url, POLICY, [f1(startsAt=T0.isoformat())], T0 + timedelta(minutes=5))
+    iid = first.items[0].incident_id
+    assert "silenced by" in incident(db_url, iid).suppressed_reason
+    assert "alice: retraining" in first.items[0].suppressed
+    assert opened_events(db_url, iid) == 0
+
+    # The same alert re-sent after the silence ended pages, once.
+    later = T0 + timedelta(minutes=61)
+    post(db_url, POLICY, [f1(startsAt=T0.isoformat())], later)
+    post(db_url, POLICY, [f1(startsAt=T0.isoformat())], later)
+    assert incident(db_url, iid).suppressed_reason is None
+    assert opened_events(db_url, iid) == 1
+
+
+def test_recurring_maintenance_window_mutes_only_inside_it(db_url: str) -> None:
+    policy = policy_with(
+        suppression={
+            "maintenance_windows": [
+                {
+                    "model": "churn",
+                    "comment": "weekly feature store migration",
+                    "schedule": {
+                        "kind": "weekly",
+                        "days": ["monday"],
+                        "start": "09:00",
+                        "duration": "PT2H",
+                    },
+                }
+            ]
+        }
+    )
+    inside = post(db_url, policy, [f1("churn")], T0)  # Monday 10:00
+    assert "maintenance window" in (inside.items[0].suppressed or "")
+    assert opened_events(db_url, inside.items[0].incident_id) == 0
+    outside = post(db_url, policy, [f1("pricing")], T0)  # another model
+    assert outside.items[0].suppressed is None
+    next_day = post(db_url, policy, [f1("churn", "Other", metric="psi")], T0 + timedelta(days=1))
+    assert next_day.items[0].suppressed is None
+
+
+def test_inhibition_by_a_firing_server_down_of_the_same_model(db_url: str) -> None:
+    down = {"model": "fraud-v3", "alertname": "ModelServerDown", "metric": "up", "value": 0}
+    post(db_url, POLICY, [down], T0)
+    latency = {
+        "model": "fraud-v3",
+        "alertname": "ModelLatencyHigh",
+        "metric": "latency_p99_seconds",
+        "value": 3,
+        "startsAt": T0.isoformat(),
+    }
+    muted = post(db_url, POLICY, [latency], T0 + timedelta(seconds=5))
+    assert "inhibited by firing ModelServerDown" in muted.items[0].suppressed
+    # The same rule does not reach another model.
+    other = post(db_url, POLICY, [{**latency, "model": "churn"}], T0 + timedelta(seconds=5))
+    assert other.items[0].suppressed is None
+    # The source resolves; the target, sent again, now pages.
+    post(db_url, POLICY, [{**down, "status": "resolved"}], T0 + timedelta(seconds=10))
+    again = post(db_url, POLICY, [latency], T0 + timedelta(seconds=15))
+    assert again.items[0].suppressed is None
+    assert opened_events(db_url, again.items[0].incident_id) == 1
+
+
+def test_inhibition_equal_label_missing_on_both_sides_counts_as_equal(db_url: str) -> None:
+    policy = policy_with(
+        suppression={
+            "inhibit_rules": [
+                {
+                    "source_matchers": ['alertname="ClusterDown"'],
+                    "target_matchers": ['alertname="ModelF1Low"'],
+                    "equal": ["cluster"],
+                }
+            ]
+        }
+    )
+    post(db_url, policy, [{"model": "infra", "alertname": "ClusterDown"}], T0)
+    muted = post(db_url, policy, [f1()], T0)  # neither has a cluster label
+    assert muted.items[0].suppressed and "inhibited" in muted.items[0].suppressed
+    loud = post(db_url, policy, [f1("churn", labels={"cluster": "eu"})], T0)
+    assert loud.items[0].suppressed is None
+
+
+def test_low_confidence_is_recorded_not_acted_on(db_url: str) -> None:
+    policy = policy_with(suppression={"min_confidence": 0.6})
+    low = post(db_url, policy, [f1(labels={"confidence": "0.4"})], T0)
+    assert "confidence 0.40 is below the minimum 0.60" in low.items[0].suppressed
+    assert opened_events(db_url, low.items[0].incident_id) == 0
+
+
+def test_group_opens_only_at_n_alerts_and_starts_one_runbook(db_url: str) -> None:
+    policy = policy_with(grouping={"by": ["model", "type"], "min_alerts": 3})
+    ids = {
+        post(db_url, policy, [f1(name=f"F1Low{i}", labels={"n": str(i)})], T0).items[0].incident_id
+        for i in range(5)
+    }
+    assert len(ids) == 1
+    (iid,) = ids
+    assert opened_events(db_url, iid) == 1
+    with session_scope(db_url) as s:
+        kinds = [
+            e.kind for e in s.exec(select(TimelineEvent).where(TimelineEvent.incident_id == iid))
+        ]
+    assert kinds.count("unsuppressed") == 1
+
+
+def test_correlation_window_opens_a_new_incident_after_the_group_went_quiet(db_url: str) -> None:
+    policy = policy_with(grouping={"by": ["model", "type"], "window_seconds": 600})
+    a = post(db_url, policy, [f1(name="A")], T0).items[0].incident_id
+    b = post(db_url, policy, [f1(name="B")], T0 + timedelta(minutes=9)).items[0].incident_id
+    c = post(db_url, policy, [f1(name="C")], T0 + timedelta(minutes=20)).items[0].incident_id
+    assert a == b != c
+    assert incident(db_url, a).status == "open"  # still active, it just takes no new alerts
+
+
+def test_redelivered_post_changes_nothing(db_url: str) -> None:
+    body = [f1(startsAt=T0.isoformat()), f1("churn", startsAt=T0.isoformat())]
+    post(db_url, POLICY, body, T0)
+    again = post(db_url, POLICY, body, T0 + timedelta(seconds=30))
+    assert [i.outcome for i in again.items] == ["duplicate", "duplicate"]
+    with session_scope(db_url) as s:
+        assert len(s.exec(select(Alert)).all()) == 2
+        assert len(s.exec(select(OutboxEvent)).all()) == 2
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+def test_alerts_api_lists_newest_first_with_total_and_silences_api(db_url: str) -> None:
+    app = create_app(db_url, load_policy())
+    with TestClient(app) as client:
+        for i in range(5):
+            client.post("/api/v1/alerts", json=f1(labels={"n": str(i)}))
+        client.post("/api/v1/alerts", json=f1("churn"))
+        page = client.get("/api/v1/alerts", params={"model": "fraud-v3", "limit": 2}).json()
+        assert page["total"] == 5 and len(page["items"]) == 2
+        assert page["items"][0]["id"] > page["items"][1]["id"]
+        assert client.get("/api/v1/alerts", params={"status": "nope"}).status_code == 400
+
+        r = client.post(
+            "/api/v1/silences",
+            json={
+                "matchers": ['model="pricing"'],
+                "duration": "2h",
+                "createdBy": "a",
+                "comment": "c",
+            },
+        )
+        assert r.status_code == 201 and r.json()["state"] == "active"
+        bad = client.post(
+            "/api/v1/silences",
+            json={"matchers": ['model=""'], "duration": "2h", "createdBy": "a", "comment": "c"},
+        )
+        assert bad.status_code == 422 and "matchers" in bad.json()["error"]
+        nodur = client.post(
+            "/api/v1/silences", json={"matchers": ['model="x"'], "createdBy": "a", "comment": "c"}
+        )
+        assert nodur.status_code == 422 and "endsAt" in nodur.json()["error"]
+
+        muted = client.post("/api/v1/alerts", json=f1("pricing")).json()
+        view = client.get(f"/api/v1/incidents/{muted['incidents'][0]}").json()
+        assert view["suppressed"] is True and "silenced by" in view["suppressed_reason"]
+        assert client.get("/api/v1/alerts", params={"status": "suppressed"}).json()["total"] == 1
+
+        sid = r.json()["id"]
+        assert client.delete(f"/api/v1/silences/{sid}").json()["state"] == "expired"
+        assert client.get("/api/v1/silences", params={"state": "active"}).json()["total"] == 0
+        assert client.delete("/api/v1/silences/nope").status_code == 404
