@@ -31,6 +31,34 @@ def import_entrypoint(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def schedules_of(spec: dict[str, Any]) -> list[Any] | None:
+    """A deployment's `schedules:` (or the older single `schedule:`), read with the keys
+    `prefect deploy` reads: cron | interval (seconds) | rrule, timezone, anchor_date, day_or,
+    active, parameters, slug."""
+    from datetime import datetime
+
+    from prefect.schedules import Cron, Interval, RRule
+
+    configs = spec.get("schedules") or ([spec["schedule"]] if spec.get("schedule") else [])
+    out = []
+    for c in configs:
+        common = {k: c[k] for k in ("timezone", "active", "parameters", "slug") if k in c}
+        if c.get("cron"):
+            out.append(Cron(c["cron"], day_or=c.get("day_or", True), **common))
+        elif c.get("interval"):
+            anchor = c.get("anchor_date")
+            if isinstance(anchor, str):
+                anchor = datetime.fromisoformat(anchor)
+            out.append(Interval(c["interval"], anchor_date=anchor, **common))
+        elif c.get("rrule"):
+            out.append(RRule(c["rrule"], **common))
+        else:
+            raise ValueError(
+                f"deployment {spec['name']}: schedule {c} needs one of cron, interval, rrule"
+            )
+    return out or None
+
+
 def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
     from prefect.events import DeploymentTriggerTypes
     from pydantic import TypeAdapter
@@ -50,7 +78,7 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
                 tags=spec.get("tags"),
                 parameters=spec.get("parameters"),
                 triggers=triggers,
-                cron=(spec.get("schedule") or {}).get("cron"),
+                schedules=schedules_of(spec),
             )
         )
     return out
