@@ -67,8 +67,12 @@ def run_demo(keep: bool = False) -> int:
             "RUNBOOKS_HOME": str(home),
             "RUNBOOKS_POLICY_FILE": str(home / "policy.yaml"),
             "RUNBOOKS_DATABASE_URL": f"sqlite:///{home / 'incidents.db'}",
+            # The scheduled monitoring sweep has nothing to read in the demo: the monitor
+            # below watches the sandbox's metrics instead.
+            "RUNBOOKS_SWEEP_SOURCE": str(home / "sweep"),
         }
     )
+    (home / "sweep").mkdir()
     env.pop("RUNBOOKS_INTAKE_TOKEN", None)
     intake = f"http://127.0.0.1:{intake_port}"
     started = time.monotonic()
@@ -172,7 +176,13 @@ def print_flow_runs(api: str, port: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while True:
         runs = httpx.post(
-            f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC", "limit": 20}, timeout=5
+            f"{api}/flow_runs/filter",
+            json={
+                "sort": "START_TIME_ASC",
+                "limit": 20,
+                "flows": {"name": {"any_": ["triage", "containment"]}},
+            },
+            timeout=5,
         ).json()
         if time.monotonic() > deadline or all(r["state"]["type"] in FINAL for r in runs):
             break

@@ -121,13 +121,25 @@ def start_prefect_server(
 
 
 def start_runbooks_serve(
-    home: Path, env: dict[str, str], port: int, timeout: float = 60
+    home: Path,
+    env: dict[str, str],
+    port: int,
+    timeout: float = 60,
+    extra_args: list[str] | None = None,
 ) -> ManagedProcess:
     """`runbooks serve`, ready when the intake answers and both deployments exist."""
     root = Path(__file__).resolve().parent.parent
     proc = ManagedProcess(
         "runbooks serve",
-        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "deployments.cli",
+            "serve",
+            "--port",
+            str(port),
+            *(extra_args or []),
+        ],
         env,
         home / "serve.log",
         cwd=root,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -158,6 +159,7 @@ class _Batch:
     rules: list[sup.InhibitRule]
     sources: list[dict[str, str]]
     updated: dict[int, list[int]] = field(default_factory=dict)
+    joined: list[tuple[Ingested, Alert, int, str, AlertIn, bool]] = field(default_factory=list)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
         return sup.evaluate(
@@ -260,6 +262,7 @@ def ingest(
     result = IngestResult()
     for alert in alerts:
         result.items.append(_ingest_one(batch, alert))
+    _finish(batch)
     for incident_id, alert_ids in batch.updated.items():
         incident = session.get(Incident, incident_id)
         if incident is not None:
@@ -270,6 +273,29 @@ def ingest(
                 {"alert_ids": alert_ids, "alerts": len(alert_ids), "status": "firing"},
             )
     return result
+
+
+def _finish(b: _Batch) -> None:
+    """Write what the joined alerts of the post deferred: one flush, one timeline insert."""
+    if not b.joined:
+        return
+    b.session.flush()
+    lines = []
+    for item, row, incident_id, message, a, loud in b.joined:
+        item.alert_id = row.id
+        lines.append(
+            {
+                "incident_id": incident_id,
+                "actor": "intake",
+                "kind": "alert",
+                "message": message,
+                "data": {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations},
+                "at": b.now,
+            }
+        )
+        if loud:
+            b.updated.setdefault(incident_id, []).append(row.id)
+    b.session.execute(insert(TimelineEvent), lines)
 
 
 def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
@@ -335,6 +361,14 @@ def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
     row.incident_id = incident.id
     incident.last_alert_at = b.now
     session.add(incident)
+    if outcome == "joined" and (muted is not None or incident.suppressed_reason is None):
+        # The common case in a storm: no flush per alert; ids and timeline lines are
+        # written for the whole post at once in _finish.
+        incident.updated_at = b.now
+        note = f" (suppressed: {muted.reason})" if muted else ""
+        item = Ingested(0, incident.id, outcome, muted.reason if muted else None)
+        b.joined.append((item, row, incident.id, f"{_name(a)} joined{note}", a, muted is None))
+        return item
     session.flush()
     data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
     if outcome == "opened":
@@ -350,10 +384,7 @@ def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
         note = f" (suppressed: {muted.reason})" if muted else ""
         add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} joined{note}", data)
         incident.updated_at = b.now
-        if muted is None and incident.suppressed_reason is not None:
-            _page_if_enough(b, incident, a)
-        elif incident.suppressed_reason is None:
-            b.updated.setdefault(incident.id, []).append(row.id)
+        _page_if_enough(b, incident, a)
     return Ingested(
         row.id, incident.id, outcome, incident.suppressed_reason if muted is None else muted.reason
     )

@@ -38,10 +38,13 @@ _env.update(
         "RUNBOOKS_DATABASE_URL": f"sqlite:///{SESSION_HOME / 'incidents.db'}",
         "RUNBOOKS_POLICY_FILE": str(SESSION_HOME / "policy.yaml"),
         "RUNBOOKS_INTAKE_TOKEN": "",
+        # The served monitoring sweep runs on its schedule; give it an empty source.
+        "RUNBOOKS_SWEEP_SOURCE": str(SESSION_HOME / "sweep-source"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
 )
 os.environ.update(_env)
+(SESSION_HOME / "sweep-source").mkdir(exist_ok=True)
 
 PG_BASE = os.environ.get("RUNBOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -1,0 +1,171 @@
+"""Alert storm: 10,000 alerts over 20 models, as fast as 4 client connections allow.
+
+Runs a Prefect server and `runbooks serve` (intake, automation, served triage) on the
+incident store under test, posts the storm as Alertmanager webhooks (grouped posts of
+--per-post alerts, as Alertmanager batches a group; 1 = one alert per post), then waits
+for the outbox to deliver and the automation to start the runbooks, and prints:
+accepted alerts/s, alerts lost (must be 0), incidents opened (must equal the distinct
+groups), runbook runs started (must equal incidents).
+
+    ./run bench alert_storm [--alerts 10000] [--per-post 50] [--store sqlite|postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deployments.local import (  # noqa: E402
+    free_port,
+    prefect_env,
+    start_prefect_server,
+    start_runbooks_serve,
+)
+from runbooks.store import get_engine  # noqa: E402
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MODELS = 20
+# Three metrics -> three incident types per model: 60 groups under the default policy.
+METRICS = [("f1_score", "0.55", "ModelF1Low"), ("psi", "0.45", "FeatureDrift"),
+           ("latency_p99_seconds", "3.2", "ModelLatencyHigh")]  # fmt: skip
+
+
+def alert(i: int, starts: str) -> dict:
+    metric, value, name = METRICS[(i // MODELS) % len(METRICS)]
+    return {
+        "status": "firing",
+        "labels": {
+            "alertname": name,
+            "model": f"storm-{i % MODELS}",
+            "metric": metric,
+            "instance": f"pod-{i}",
+        },
+        "annotations": {"value": value},
+        "startsAt": starts,
+        "endsAt": "0001-01-01T00:00:00Z",
+    }
+
+
+def webhook(alerts: list[dict]) -> dict:
+    return {
+        "version": "4",
+        "groupKey": "{}:{storm}",
+        "status": "firing",
+        "receiver": "runbooks",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "truncatedAlerts": 0,
+        "alerts": alerts,
+    }
+
+
+def storm(intake: str, n: int, per_post: int) -> tuple[float, int, int]:
+    starts = datetime.now(UTC).isoformat()
+    posts = [
+        webhook([alert(i, starts) for i in range(k, min(n, k + per_post))])
+        for k in range(0, n, per_post)
+    ]
+
+    def send(chunk: list[dict]) -> tuple[int, int]:
+        ok = failed = 0
+        with httpx.Client(base_url=intake, timeout=60) as c:
+            for body in chunk:
+                r = c.post("/api/v1/alerts/alertmanager", json=body)
+                if r.status_code == 202:
+                    ok += r.json()["accepted"]
+                else:
+                    failed += len(body["alerts"])
+        return ok, failed
+
+    chunks = [posts[k::4] for k in range(4)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, chunks))
+    return time.perf_counter() - t0, sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def triage_runs(api: str) -> int:
+    deps = httpx.post(f"{api}/deployments/filter", json={}).json()
+    ids = [d["id"] for d in deps if d["name"] == "triage"]
+    body = {"flow_runs": {"deployment_id": {"any_": ids}}}
+    return httpx.post(f"{api}/flow_runs/count", json=body).json()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--alerts", type=int, default=10_000)
+    ap.add_argument("--per-post", type=int, default=50)
+    ap.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="runbooks-storm-"))
+    schema = None
+    if args.store == "postgresql":
+        schema = f"storm_{uuid.uuid4().hex[:8]}"
+        with sa.create_engine(PG).begin() as c:
+            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        db = f"{PG}?options=-csearch_path%3D{schema}"
+    else:
+        db = f"sqlite:///{home / 'incidents.db'}"
+    pport, iport = free_port(), free_port()
+    env = prefect_env(home, pport)
+    env.update(
+        {
+            "RUNBOOKS_HOME": str(home),
+            "RUNBOOKS_DATABASE_URL": db,
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    server = start_prefect_server(home, env, pport)
+    # Few runs at once: the bench counts runs started, it does not need 60 processes.
+    serve = start_runbooks_serve(home, env, iport, extra_args=["--limit", "2"])
+    intake, api = f"http://127.0.0.1:{iport}", env["PREFECT_API_URL"]
+    try:
+        seconds, accepted, failed = storm(intake, args.alerts, args.per_post)
+        engine = get_engine(db)
+        with engine.connect() as c:
+            stored = c.execute(sa.text("select count(*) from alert")).scalar_one()
+            incidents = c.execute(sa.text("select count(*) from incident")).scalar_one()
+        groups = MODELS * len(METRICS)
+        deadline = time.monotonic() + 120
+        runs = 0
+        while time.monotonic() < deadline:
+            runs = triage_runs(api)
+            if runs >= incidents:
+                break
+            time.sleep(1)
+        time.sleep(3)  # anything more would be a duplicate run: give it time to show
+        runs = triage_runs(api)
+        print(
+            f"store {args.store}, {args.alerts} alerts in posts of {args.per_post}, 4 connections:"
+        )
+        print(f"  accepted {accepted} in {seconds:.2f} s = {accepted / seconds:,.0f} alerts/s")
+        print(f"  lost {args.alerts - stored} (stored {stored}, refused {failed})")
+        print(f"  incidents opened {incidents} (distinct groups {groups})")
+        print(f"  runbook runs started {runs} (incidents {incidents})")
+    finally:
+        serve.stop()
+        server.stop()
+        if schema:
+            get_engine(db).dispose()
+            with sa.create_engine(PG).begin() as c:
+                c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
