@@ -99,10 +99,10 @@ def storm(intake: str, n: int, per_post: int) -> tuple[float, int, int]:
 
 
 def triage_runs(api: str) -> int:
-    deps = httpx.post(f"{api}/deployments/filter", json={}).json()
+    deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=60).json()
     ids = [d["id"] for d in deps if d["name"] == "triage"]
     body = {"flow_runs": {"deployment_id": {"any_": ids}}}
-    return httpx.post(f"{api}/flow_runs/count", json=body).json()
+    return httpx.post(f"{api}/flow_runs/count", json=body, timeout=60).json()
 
 
 def main() -> None:
@@ -157,6 +157,14 @@ def main() -> None:
         print(f"  lost {args.alerts - stored} (stored {stored}, refused {failed})")
         print(f"  incidents opened {incidents} (distinct groups {groups})")
         print(f"  runbook runs started {runs} (incidents {incidents})")
+        with engine.connect() as c:
+            opened = c.execute(
+                sa.text(
+                    "select count(*), count(delivered_at) from outboxevent "
+                    "where event = 'ml.incident.opened'"
+                )
+            ).one()
+        print(f"  ml.incident.opened events staged {opened[0]}, delivered {opened[1]}")
     finally:
         serve.stop()
         server.stop()

@@ -393,3 +393,16 @@ def test_alerts_api_lists_newest_first_with_total_and_silences_api(db_url: str) 
         assert client.delete(f"/api/v1/silences/{sid}").json()["state"] == "expired"
         assert client.get("/api/v1/silences", params={"state": "active"}).json()["total"] == 0
         assert client.delete("/api/v1/silences/nope").status_code == 404
+
+
+def test_the_documented_policy_example_passes_check_config() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+    block = re.search(r"## Keys\n\n```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    policy = parse_policy(yaml.safe_load(block.group(1)))
+    assert policy.suppression.rules() and policy.suppression.windows()
