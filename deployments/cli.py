@@ -32,7 +32,9 @@ def build_intake(host: str, port: int):  # type: ignore[no-untyped-def]
     deliverer = None
     try:
         api, headers = prefect_api()
-        deliverer = OutboxDeliverer(db, api, headers, settings.outbox_retry_seconds)
+        deliverer = OutboxDeliverer(
+            db, api, headers, settings.outbox_retry_seconds, settings.runbook_start_seconds
+        )
     except RuntimeError as err:
         print(
             f"warning: {err}; alerts are stored and their events wait in the outbox",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 import httpx
 from sqlmodel import col, select
 
+from runbooks.incidents import restage_stalled
 from runbooks.models import OutboxEvent, utcnow
 from runbooks.store import session_scope
 
@@ -49,9 +51,16 @@ def to_prefect_event(e: OutboxEvent) -> dict:
 
 class OutboxDeliverer:
     def __init__(
-        self, database_url: str, api_url: str, headers: dict[str, str], retry_seconds: float = 2.0
+        self,
+        database_url: str,
+        api_url: str,
+        headers: dict[str, str],
+        retry_seconds: float = 2.0,
+        stall_seconds: float = 60.0,
     ) -> None:
         self.database_url = database_url
+        self.stall_seconds = stall_seconds
+        self._last_watch = 0.0
         self.api_url = api_url
         self.retry_seconds = retry_seconds
         self._client = httpx.Client(headers=headers, timeout=10.0)
@@ -76,6 +85,7 @@ class OutboxDeliverer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self.watch_stalled()
                 more = self.deliver_due()
             except Exception:  # noqa: BLE001  the loop must outlive a bad moment of the DB
                 log.exception("outbox pass failed; trying again")
@@ -83,6 +93,19 @@ class OutboxDeliverer:
             if not more:
                 self._wake.wait(timeout=self.retry_seconds)
                 self._wake.clear()
+
+    def watch_stalled(self) -> list[int]:
+        """Every few seconds: an opened incident whose runbook never started gets its event
+        again (a bounded number of times); the triage flow's claim makes a late duplicate
+        run a no-op."""
+        if time.monotonic() - self._last_watch < min(10.0, self.stall_seconds / 2):
+            return []
+        self._last_watch = time.monotonic()
+        with session_scope(self.database_url) as s:
+            again = restage_stalled(s, utcnow(), self.stall_seconds)
+        if again:
+            log.warning("no runbook started for incidents %s; event sent again", again)
+        return again
 
     def deliver_due(self) -> bool:
         """Send one batch of due events; True when more may be waiting."""

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.containment import ContainmentRequest, contain
+from flows.containment import ContainmentRequest, contain, flow_run_id
 from runbooks.policy import KubernetesTarget, ModelPolicy, Policy, load_policy
 from runbooks.routing import criticality, oncall_now, route
 from runbooks.severity import RANK, Assessment, assess
@@ -36,11 +36,18 @@ class TriageRequest(BaseModel):
     policy_file: str | None = Field(
         None, description="Triage with this policy file instead of the service's (to test one)."
     )
+    retriage: bool = Field(
+        False, description="Triage again even if another run already did (from the UI)."
+    )
 
 
 @flow(name="triage", log_prints=True)
 def triage(request: TriageRequest) -> str:
     incident = store.read_incident(request.incident_id)
+    owner = store.claim_triage(incident["id"], flow_run_id(), request.retriage)
+    if owner is not None:
+        # A redelivered event: the run that claimed the incident decides, this one does not.
+        return f"already triaged by flow run {owner}"
     policy = load_policy(request.policy_file) if request.policy_file else store.policy()
     model = policy.for_model(incident["model"])
     if request.policy_file:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -639,3 +640,67 @@ def cooldown_left(
         return 0.0
     left = (last.finished_at + timedelta(seconds=cooldown) - utcnow()).total_seconds()
     return max(0.0, left)
+
+
+def claim_triage(session: Session, incident_id: int, run: str, force: bool = False) -> str | None:
+    """Make `run` the incident's triage; None when it is, else the run that already is."""
+    q = sa_update(Incident).where(Incident.id == incident_id)
+    if not force:
+        q = q.where(col(Incident.triage_run).is_(None))
+    if session.execute(q.values(triage_run=run)).rowcount == 1:
+        return None
+    incident = session.get(Incident, incident_id)
+    return incident.triage_run if incident else None
+
+
+def restage_stalled(
+    session: Session, now: datetime, grace_seconds: float, max_attempts: int = 3
+) -> list[int]:
+    """Open incidents whose opening event went out `grace_seconds` ago and started no
+    triage: stage the event again. Prefect can drop an automation firing (seen with its
+    SQLite database under load); this makes sure the runbook starts anyway."""
+    stalled = session.exec(
+        select(Incident).where(
+            Incident.status == IncidentStatus.OPEN,
+            col(Incident.triage_run).is_(None),
+            col(Incident.suppressed_reason).is_(None),
+            Incident.opened_at < now - timedelta(seconds=grace_seconds),
+        )
+    ).all()
+    if not stalled:
+        return []
+    ids = {i.id for i in stalled}
+    sent: dict[int, list[OutboxEvent]] = {}
+    for e in session.exec(
+        select(OutboxEvent).where(
+            OutboxEvent.event == "ml.incident.opened",
+            OutboxEvent.occurred > now - timedelta(days=1),
+        )
+    ):
+        if e.payload.get("incident_id") in ids:
+            sent.setdefault(e.payload["incident_id"], []).append(e)
+    again = []
+    for incident in stalled:
+        events = sent.get(incident.id, [])
+        last = max((e.delivered_at for e in events if e.delivered_at), default=None)
+        pending = any(e.delivered_at is None for e in events)
+        if pending or last is None or len(events) >= max_attempts:
+            continue
+        if (now - last).total_seconds() < grace_seconds:
+            continue
+        add_timeline(
+            session,
+            incident.id,
+            "intake",
+            "redelivered",
+            f"no triage started {grace_seconds:g} s after the event was delivered; "
+            f"sending it again (attempt {len(events) + 1} of {max_attempts})",
+        )
+        enqueue_event(
+            session,
+            "ml.incident.opened",
+            incident,
+            {"status": "firing", "attempt": len(events) + 1},
+        )
+        again.append(incident.id)
+    return again

@@ -90,6 +90,8 @@ class Incident(SQLModel, table=True):
     context: dict[str, Any] | None = _json(default=None)
     # When the group last took an alert: the correlation window runs from here.
     last_alert_at: datetime | None = _ts(default=None)
+    # The flow run that owns this incident's triage: a redelivered event starts no second.
+    triage_run: str | None = None
 
 
 class Alert(SQLModel, table=True):

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     outbox_retry_seconds: float = Field(
         2.0, description="First delay before an undelivered event is sent again."
     )
+    runbook_start_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="An opened incident whose triage has not started this long after its "
+        "event was delivered gets the event again (at most 3 times).",
+    )
     kube_context: str | None = Field(None, description="kubeconfig context to use.")
     kube_host: str | None = Field(
         None, description="Kubernetes API URL; overrides kubeconfig and in-cluster config."

@@ -88,6 +88,22 @@ def record_triage(incident_id: int, decision: dict[str, Any], reasons: list[str]
 
 
 @task(**_retry)
+def claim_triage(incident_id: int, run: str, force: bool) -> str | None:
+    with session_scope(db()) as s:
+        owner = incidents.claim_triage(s, incident_id, run, force)
+        if owner is not None:
+            incidents.add_timeline(
+                s,
+                incident_id,
+                "triage",
+                "skip",
+                f"triage run {run} stops: run {owner} already triaged this incident "
+                "(start it with retriage to decide again)",
+            )
+        return owner
+
+
+@task(**_retry)
 def record_enrichment(incident_id: int, context: dict[str, Any], lines: list[str]) -> None:
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)

@@ -406,3 +406,34 @@ def test_the_documented_policy_example_passes_check_config() -> None:
     assert block is not None
     policy = parse_policy(yaml.safe_load(block.group(1)))
     assert policy.suppression.rules() and policy.suppression.windows()
+
+
+def test_opened_incident_whose_runbook_never_started_gets_its_event_again(db_url: str) -> None:
+    from runbooks.models import utcnow
+
+    t = utcnow()
+    iid = post(db_url, POLICY, [f1()], t).items[0].incident_id
+
+    def deliver(at: datetime) -> None:
+        with session_scope(db_url) as s:
+            for e in s.exec(select(OutboxEvent).where(OutboxEvent.delivered_at == None)):  # noqa: E711
+                e.delivered_at = at
+                s.add(e)
+
+    def restage(at: datetime) -> list[int]:
+        with session_scope(db_url) as s:
+            return incidents.restage_stalled(s, at, grace_seconds=60)
+
+    deliver(t + timedelta(seconds=1))
+    assert restage(t + timedelta(seconds=30)) == []  # within the grace
+    assert restage(t + timedelta(seconds=62)) == [iid]
+    assert restage(t + timedelta(seconds=200)) == []  # the new one is not delivered yet
+    assert opened_events(db_url, iid) == 2
+    deliver(t + timedelta(seconds=201))
+
+    with session_scope(db_url) as s:
+        assert incidents.claim_triage(s, iid, "run-1") is None
+    with session_scope(db_url) as s:
+        assert incidents.claim_triage(s, iid, "run-2") == "run-1"  # the late duplicate stops
+        assert incidents.claim_triage(s, iid, "run-3", force=True) is None
+    assert restage(t + timedelta(seconds=400)) == []  # triage started: nothing to resend

@@ -21,6 +21,7 @@ def upgrade() -> None:
         b.add_column(sa.Column("route", sa.JSON(), nullable=True))
         b.add_column(sa.Column("context", sa.JSON(), nullable=True))
         b.add_column(sa.Column("last_alert_at", sa.DateTime(timezone=True), nullable=True))
+        b.add_column(sa.Column("triage_run", sa.String(), nullable=True))
     with op.batch_alter_table("alert") as b:
         b.add_column(sa.Column("suppressed_reason", sa.String(), nullable=True))
         b.add_column(sa.Column("category", sa.String(), nullable=True))
@@ -49,5 +50,5 @@ def downgrade() -> None:
         b.drop_column("category")
         b.drop_column("suppressed_reason")
     with op.batch_alter_table("incident") as b:
-        for c in ("last_alert_at", "context", "route", "criticality", "category"):
+        for c in ("triage_run", "last_alert_at", "context", "route", "criticality", "category"):
             b.drop_column(c)
