@@ -8,6 +8,7 @@ accepted alerts/s, alerts lost (must be 0), incidents opened (must equal the dis
 groups), runbook runs started (must equal incidents).
 
     ./run bench alert_storm [--alerts 10000] [--per-post 50] [--store sqlite|postgresql]
+                            [--prefect-postgres] [--keep]
 """
 
 from __future__ import annotations
@@ -105,11 +106,24 @@ def triage_runs(api: str) -> int:
     return httpx.post(f"{api}/flow_runs/count", json=body, timeout=60).json()
 
 
+def prefect_events(api: str, name: str) -> int:
+    body = {"filter": {"event": {"name": [name]}}, "limit": 50}
+    r = httpx.post(f"{api}/events/filter", json=body, timeout=60)
+    if r.status_code != 200:
+        return -1
+    page = r.json()
+    return page.get("total", len(page.get("events", [])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--alerts", type=int, default=10_000)
     ap.add_argument("--per-post", type=int, default=50)
     ap.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--keep", action="store_true", help="keep the logs (prints where)")
+    ap.add_argument(
+        "--prefect-postgres", action="store_true", help="run the Prefect server on PostgreSQL"
+    )
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="runbooks-storm-"))
@@ -123,11 +137,20 @@ def main() -> None:
         db = f"sqlite:///{home / 'incidents.db'}"
     pport, iport = free_port(), free_port()
     env = prefect_env(home, pport)
+    prefect_db = None
+    if args.prefect_postgres:
+        prefect_db = f"prefect_storm_{pport}"
+        with sa.create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {prefect_db}"))
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}"
+        )
     env.update(
         {
             "RUNBOOKS_HOME": str(home),
             "RUNBOOKS_DATABASE_URL": db,
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "RUNBOOKS_RUNBOOK_START_SECONDS": "30",
         }
     )
     server = start_prefect_server(home, env, pport)
@@ -141,22 +164,19 @@ def main() -> None:
             stored = c.execute(sa.text("select count(*) from alert")).scalar_one()
             incidents = c.execute(sa.text("select count(*) from incident")).scalar_one()
         groups = MODELS * len(METRICS)
-        deadline = time.monotonic() + 120
-        runs = 0
+        # Each incident's triage claims it; an event Prefect dropped is re-sent by the
+        # watchdog after RUNBOOKS_RUNBOOK_START_SECONDS, so wait past that.
+        deadline = time.monotonic() + 300
+        claimed = 0
         while time.monotonic() < deadline:
-            runs = triage_runs(api)
-            if runs >= incidents:
+            with engine.connect() as c:
+                claimed = c.execute(
+                    sa.text("select count(*) from incident where triage_run is not null")
+                ).scalar_one()
+            if claimed >= incidents:
                 break
             time.sleep(1)
-        time.sleep(3)  # anything more would be a duplicate run: give it time to show
         runs = triage_runs(api)
-        print(
-            f"store {args.store}, {args.alerts} alerts in posts of {args.per_post}, 4 connections:"
-        )
-        print(f"  accepted {accepted} in {seconds:.2f} s = {accepted / seconds:,.0f} alerts/s")
-        print(f"  lost {args.alerts - stored} (stored {stored}, refused {failed})")
-        print(f"  incidents opened {incidents} (distinct groups {groups})")
-        print(f"  runbook runs started {runs} (incidents {incidents})")
         with engine.connect() as c:
             opened = c.execute(
                 sa.text(
@@ -164,15 +184,35 @@ def main() -> None:
                     "where event = 'ml.incident.opened'"
                 )
             ).one()
-        print(f"  ml.incident.opened events staged {opened[0]}, delivered {opened[1]}")
+        triggered = prefect_events(api, "prefect.automation.action.triggered")
+        where = "PostgreSQL" if prefect_db else "SQLite"
+        print(
+            f"store {args.store}, Prefect on {where}, {args.alerts} alerts in posts of "
+            f"{args.per_post}, 4 connections:"
+        )
+        print(f"  accepted {accepted} in {seconds:.2f} s = {accepted / seconds:,.0f} alerts/s")
+        print(f"  lost {args.alerts - stored} (stored {stored}, refused {failed})")
+        print(f"  incidents opened {incidents} (distinct groups {groups})")
+        print(f"  runbook runs started {claimed} (incidents {incidents})")
+        print(
+            f"  ml.incident.opened events sent {opened[0]}, delivered {opened[1]}, "
+            f"{opened[0] - incidents} of them re-sent by the watchdog; automation firings "
+            f"{triggered}; triage flow runs {runs}"
+        )
     finally:
         serve.stop()
         server.stop()
+        if prefect_db:
+            with sa.create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
+                c.execute(sa.text(f"DROP DATABASE {prefect_db} WITH (FORCE)"))
         if schema:
             get_engine(db).dispose()
             with sa.create_engine(PG).begin() as c:
                 c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"  logs kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

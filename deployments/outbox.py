@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from sqlmodel import col, select
@@ -102,10 +102,42 @@ class OutboxDeliverer:
             return []
         self._last_watch = time.monotonic()
         with session_scope(self.database_url) as s:
-            again = restage_stalled(s, utcnow(), self.stall_seconds)
+            again = restage_stalled(s, utcnow(), self.stall_seconds, has_run=self.triage_runs)
         if again:
             log.warning("no runbook started for incidents %s; event sent again", again)
         return again
+
+    def triage_runs(self, incident_ids: list[int], since: datetime) -> set[int]:
+        """Incidents that have a triage flow run in Prefect (any state) since `since`."""
+        try:
+            deps = self._client.post(
+                f"{self.api_url}/deployments/filter",
+                json={"deployments": {"name": {"any_": ["triage"]}}},
+            ).json()
+            body = {
+                "deployments": {"id": {"any_": [d["id"] for d in deps]}},
+                "flow_runs": {"expected_start_time": {"after_": since.isoformat()}},
+                "limit": 200,
+            }
+            seen: set[int] = set()
+            offset = 0
+            while True:
+                runs = self._client.post(
+                    f"{self.api_url}/flow_runs/filter", json={**body, "offset": offset}
+                ).json()
+                for r in runs:
+                    request = (r.get("parameters") or {}).get("request") or {}
+                    try:
+                        seen.add(int(request.get("incident_id", -1)))
+                    except (TypeError, ValueError):
+                        continue
+                if len(runs) < 200:
+                    break
+                offset += 200
+        except (httpx.HTTPError, ValueError, TypeError):
+            # Cannot tell: assume a run exists rather than start a second one.
+            return set(incident_ids)
+        return seen & set(incident_ids)
 
     def deliver_due(self) -> bool:
         """Send one batch of due events; True when more may be waiting."""

@@ -8,7 +8,7 @@ the event they cause land together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -654,7 +654,11 @@ def claim_triage(session: Session, incident_id: int, run: str, force: bool = Fal
 
 
 def restage_stalled(
-    session: Session, now: datetime, grace_seconds: float, max_attempts: int = 3
+    session: Session,
+    now: datetime,
+    grace_seconds: float,
+    max_attempts: int = 3,
+    has_run: Callable[[list[int], datetime], set[int]] | None = None,
 ) -> list[int]:
     """Open incidents whose opening event went out `grace_seconds` ago and started no
     triage: stage the event again. Prefect can drop an automation firing (seen with its
@@ -679,15 +683,22 @@ def restage_stalled(
     ):
         if e.payload.get("incident_id") in ids:
             sent.setdefault(e.payload["incident_id"], []).append(e)
-    again = []
+    due: list[tuple[Incident, list[OutboxEvent]]] = []
     for incident in stalled:
         events = sent.get(incident.id, [])
         last = max((e.delivered_at for e in events if e.delivered_at), default=None)
         pending = any(e.delivered_at is None for e in events)
         if pending or last is None or len(events) >= max_attempts:
             continue
-        if (now - last).total_seconds() < grace_seconds:
-            continue
+        if (now - last).total_seconds() >= grace_seconds:
+            due.append((incident, events))
+    if due and has_run is not None:
+        # A run that exists but waits for a free slot is not lost: leave it be.
+        first = min(e.occurred for _, events in due for e in events)
+        queued = has_run([i.id for i, _ in due], first)
+        due = [(i, events) for i, events in due if i.id not in queued]
+    again = []
+    for incident, events in due:
         add_timeline(
             session,
             incident.id,

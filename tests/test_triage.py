@@ -437,3 +437,23 @@ def test_opened_incident_whose_runbook_never_started_gets_its_event_again(db_url
         assert incidents.claim_triage(s, iid, "run-2") == "run-1"  # the late duplicate stops
         assert incidents.claim_triage(s, iid, "run-3", force=True) is None
     assert restage(t + timedelta(seconds=400)) == []  # triage started: nothing to resend
+
+
+def test_a_queued_run_is_not_taken_for_a_lost_one(db_url: str) -> None:
+    from runbooks.models import utcnow
+
+    t = utcnow()
+    iid = post(db_url, POLICY, [f1()], t).items[0].incident_id
+    with session_scope(db_url) as s:
+        for e in s.exec(select(OutboxEvent)):
+            e.delivered_at = t
+            s.add(e)
+    asked: list[list[int]] = []
+
+    def has_run(ids: list[int], since: datetime) -> set[int]:
+        asked.append(ids)
+        return {iid}
+
+    with session_scope(db_url) as s:
+        assert incidents.restage_stalled(s, t + timedelta(seconds=90), 60, has_run=has_run) == []
+    assert asked == [[iid]]
