@@ -60,6 +60,16 @@ def incident_view(s: Session, incident: Incident, timeline: bool) -> dict[str, A
     return view
 
 
+def page(s: Session, q: Any, newest: Any, limit: int, offset: int) -> tuple[list[Any], int]:
+    """One page, newest first, and the count of every match (not just the page)."""
+    if not 1 <= limit <= 500:
+        raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
+    if offset < 0:
+        raise IntakeError(400, f"offset must be 0 or more, got {offset}")
+    total = s.exec(select(func.count()).select_from(q.subquery())).one()
+    return list(s.exec(q.order_by(newest.desc()).offset(offset).limit(limit)).all()), total
+
+
 def create_app(
     database_url: str,
     policy: Policy,
@@ -174,16 +184,13 @@ def create_app(
         offset: int = 0,
     ) -> dict[str, Any]:
         authorize(request)
-        if not 1 <= limit <= 500:
-            raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
         with session_scope(database_url) as s:
             q = select(Incident)
             if status:
                 q = q.where(Incident.status == status)
             if model:
                 q = q.where(Incident.model == model)
-            total = s.exec(select(func.count()).select_from(q.subquery())).one()
-            rows = s.exec(q.order_by(col(Incident.id).desc()).offset(offset).limit(limit)).all()
+            rows, total = page(s, q, col(Incident.id), limit, offset)
             return {"total": total, "items": [incident_view(s, i, timeline=False) for i in rows]}
 
     @app.get("/api/v1/incidents/{incident_id}")
@@ -204,8 +211,6 @@ def create_app(
         offset: int = 0,
     ) -> dict[str, Any]:
         authorize(request)
-        if not 1 <= limit <= 500:
-            raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
         if status not in (None, "firing", "resolved", "suppressed"):
             raise IntakeError(400, f"status {status!r}: use firing, resolved or suppressed")
         with session_scope(database_url) as s:
@@ -216,8 +221,7 @@ def create_app(
                 q = q.where(Alert.status == "firing", col(Alert.suppressed_reason).is_not(None))
             elif status:
                 q = q.where(Alert.status == status)
-            total = s.exec(select(func.count()).select_from(q.subquery())).one()
-            rows = s.exec(q.order_by(col(Alert.id).desc()).offset(offset).limit(limit)).all()
+            rows, total = page(s, q, col(Alert.id), limit, offset)
             return {"total": total, "items": [alert_view(a) for a in rows]}
 
     @app.post("/api/v1/silences", status_code=201)
