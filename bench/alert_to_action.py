@@ -179,6 +179,7 @@ def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
             "sort": "EXPECTED_START_TIME_DESC",
             "limit": 1,
             "flow_runs": {"parent_task_run_id": {"is_null_": True}},
+            "flows": {"name": {"any_": ["triage"]}},
         },
     ).json()
     if runs:
