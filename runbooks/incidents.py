@@ -36,6 +36,7 @@ from runbooks.policy import Policy
 from runbooks.taxonomy import Classification, classify
 
 ORDER = [s.value for s in IncidentStatus]
+UPDATE_EVERY_SECONDS = 30.0
 
 
 class IncidentStateError(RuntimeError):
@@ -160,6 +161,7 @@ class _Batch:
     rules: list[sup.InhibitRule]
     sources: list[dict[str, str]]
     updated: dict[int, list[int]] = field(default_factory=dict)
+    quiet_since: dict[int, datetime | None] = field(default_factory=dict)
     joined: list[tuple[Ingested, Alert, int, str, AlertIn, bool]] = field(default_factory=list)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
@@ -266,6 +268,10 @@ def ingest(
     _finish(batch)
     for incident_id, alert_ids in batch.updated.items():
         incident = session.get(Incident, incident_id)
+        last = batch.quiet_since.get(incident_id)
+        if last is not None and (now - _aware(last)).total_seconds() < UPDATE_EVERY_SECONDS:
+            # A storm keeps adding alerts: tell Prefect at most every few seconds, not per post.
+            continue
         if incident is not None:
             enqueue_event(
                 session,
@@ -360,6 +366,7 @@ def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
         incident, outcome = _create_incident(session, a, key, c)
         b.open_incidents[key] = incident
     row.incident_id = incident.id
+    b.quiet_since.setdefault(incident.id, incident.last_alert_at)
     incident.last_alert_at = b.now
     session.add(incident)
     if outcome == "joined" and (muted is not None or incident.suppressed_reason is None):
