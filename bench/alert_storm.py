@@ -112,7 +112,7 @@ def incidents_with_runs(api: str) -> set[int]:
     seen: set[int] = set()
     offset = 0
     while True:
-        body = {"deployments": {"id": {"any_": ids}}, "limit": 200, "offset": offset}
+        body = {"flow_runs": {"deployment_id": {"any_": ids}}, "limit": 200, "offset": offset}
         runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=60).json()
         seen.update(int(r["parameters"]["request"]["incident_id"]) for r in runs)
         if len(runs) < 200:
@@ -184,7 +184,10 @@ def main() -> None:
         deadline = time.monotonic() + 240
         started: set[int] = set()
         while time.monotonic() < deadline:
-            started = incidents_with_runs(api)
+            try:
+                started = incidents_with_runs(api)
+            except httpx.HTTPError as err:  # a busy Prefect server: ask again
+                print(f"  (Prefect API: {type(err).__name__}; asking again)")
             if len(started) >= incidents:
                 break
             time.sleep(2)

@@ -115,8 +115,10 @@ class OutboxDeliverer:
                 json={"deployments": {"name": {"any_": ["triage"]}}},
             ).json()
             body = {
-                "deployments": {"id": {"any_": [d["id"] for d in deps]}},
-                "flow_runs": {"expected_start_time": {"after_": since.isoformat()}},
+                "flow_runs": {
+                    "deployment_id": {"any_": [d["id"] for d in deps]},
+                    "expected_start_time": {"after_": since.isoformat()},
+                },
                 "limit": 200,
             }
             seen: set[int] = set()

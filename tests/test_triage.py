@@ -457,3 +457,18 @@ def test_a_queued_run_is_not_taken_for_a_lost_one(db_url: str) -> None:
     with session_scope(db_url) as s:
         assert incidents.restage_stalled(s, t + timedelta(seconds=90), 60, has_run=has_run) == []
     assert asked == [[iid]]
+
+
+def test_silence_command_line_against_the_served_intake(stack: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    from deployments.cli import main as cli
+
+    url = stack["intake"]
+    assert cli(["silence", "--url", url, "add", 'model="cli-model"', "--comment", "test"]) == 0
+    sid = capsys.readouterr().out.strip()
+    assert cli(["silence", "--url", url, "query"]) == 0
+    assert sid in capsys.readouterr().out
+    assert cli(["silence", "--url", url, "add", 'model=""', "--comment", "x"]) == 1
+    assert "matchers" in capsys.readouterr().err
+    assert cli(["silence", "--url", url, "expire", sid]) == 0
+    assert cli(["silence", "--url", url, "query", "--state", "expired"]) == 0
+    assert sid in capsys.readouterr().out
