@@ -50,7 +50,7 @@ def test_firing_alert_rolls_service_back_and_resolved_alert_acts_no_more(
 
     view = wait_for(
         lambda: (v := incident_of(stack["intake"], "fraud-v3")) and v["status"] == "resolved" and v,
-        timeout=60,
+        timeout=150,
         what="incident resolved",
     )
     assert view["severity"] == "P1" and view["strategy"] == "immediate_rollback"
@@ -96,7 +96,7 @@ def test_resolved_alert_never_triggers_rollback_even_after_approval(
             and any("waiting for approval" in e["message"] for e in v["timeline"])
             and v
         ),
-        timeout=60,
+        timeout=150,
         what="containment waiting for approval",
     )
     assert waiting["severity"] == "P2"
