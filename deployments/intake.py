@@ -7,12 +7,15 @@ Endpoints are documented in docs/intake.md.
 from __future__ import annotations
 
 import json
+import random
 import secrets
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +26,13 @@ from runbooks.incidents import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
 from runbooks.store import migrate, session_scope
+
+WRITE_ATTEMPTS = 5
+
+
+def _retryable(err: OperationalError) -> bool:
+    text = str(err.orig).lower()
+    return any(m in text for m in ("deadlock", "database is locked", "could not serialize"))
 
 
 class IntakeError(Exception):
@@ -135,8 +145,18 @@ def create_app(
             raise IntakeError(400, f"body is not valid JSON: {err}") from None
 
     def store(alerts: list) -> IngestResult:
-        with session_scope(database_url) as s:
-            result = ingest(s, alerts, policy)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with session_scope(database_url) as s:
+                    result = ingest(s, alerts, policy)
+                break
+            except OperationalError as err:
+                # Two posts folding alerts into the same incidents can deadlock (PostgreSQL
+                # aborts one) or find SQLite locked: the whole post is retried, so the
+                # sender gets its 202, never a 5xx for a collision.
+                if attempt == WRITE_ATTEMPTS or not _retryable(err):
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
         if deliverer is not None:
             deliverer.poke()
         return result
