@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
     from sqlmodel import col, select
 
@@ -104,10 +106,27 @@ def cmd_approve(args: argparse.Namespace) -> int:
     if pending is None:
         print(f"incident {args.incident} has no pending approval", file=sys.stderr)
         return 1
-    resume_flow_run(
-        pending.flow_run_id,
-        run_input={"approve": not args.reject, "approver": args.by, "comment": args.comment},
-    )
+    answer = {"approve": not args.reject, "approver": args.by, "comment": args.comment}
+    # The approval is recorded a moment before Prefect registers the pause and its form; an
+    # answer given in that moment waits for the pause instead of failing.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            resume_flow_run(pending.flow_run_id, run_input=answer)
+            break
+        except (RuntimeError, NotPausedError) as err:
+            waiting = isinstance(err, NotPausedError) or "schema not found" in str(err)
+            if not waiting:
+                print(f"cannot answer flow run {pending.flow_run_id}: {err}", file=sys.stderr)
+                return 1
+            if time.monotonic() > deadline:
+                print(
+                    f"flow run {pending.flow_run_id} did not pause for approval in 30 s "
+                    f"({err}); check it in the Prefect UI",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
     verb = "rejected" if args.reject else "approved"
     print(f"{pending.action} for incident {args.incident} {verb} by {args.by}")
     return 0
