@@ -196,14 +196,15 @@ def _chunks(items: list[Any], n: int = 500) -> Iterator[list[Any]]:
         yield items[i : i + n]
 
 
-def _prepare(session: Session, alerts: list[AlertIn], policy: Policy, now: datetime) -> _Batch:
+def _prepare(
+    session: Session, alerts: list[AlertIn], keys: list[str], policy: Policy, now: datetime
+) -> _Batch:
     existing: dict[tuple[str, datetime], Alert] = {}
     for chunk in _chunks(sorted({a.fingerprint for a in alerts})):
         for row in session.exec(select(Alert).where(col(Alert.fingerprint).in_(chunk))):
             existing[(row.fingerprint, _aware(row.starts_at))] = row
-    keys = sorted({group_key(a, policy) for a in alerts})
     open_incidents: dict[str, Incident] = {}
-    for chunk in _chunks(keys):
+    for chunk in _chunks(sorted(set(keys))):
         for inc in session.exec(select(Incident).where(col(Incident.open_group_key).in_(chunk))):
             open_incidents[inc.open_group_key or ""] = inc
     silences = [
@@ -261,10 +262,13 @@ def ingest(
     now = now or utcnow()
     if policy.grouping.fingerprint_labels:
         alerts = [_refingerprint(a, policy.grouping.fingerprint_labels) for a in alerts]
-    batch = _prepare(session, alerts, policy, now)
+    # Classified once per alert: the group key reads it here and the row keeps it below.
+    classes = [classify(a.labels, policy.labels) for a in alerts]
+    keys = [group_key(a, policy, c) for a, c in zip(alerts, classes, strict=True)]
+    batch = _prepare(session, alerts, keys, policy, now)
     result = IngestResult()
-    for alert in alerts:
-        result.items.append(_ingest_one(batch, alert))
+    for alert, c, key in zip(alerts, classes, keys, strict=True):
+        result.items.append(_ingest_one(batch, alert, c, key))
     _finish(batch)
     for incident_id, alert_ids in batch.updated.items():
         incident = session.get(Incident, incident_id)
@@ -311,7 +315,7 @@ def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
     )
 
 
-def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
+def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     session = b.session
     existing = b.existing.get((a.fingerprint, _aware(a.starts_at)))
     if existing is not None:
@@ -332,7 +336,6 @@ def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
-    c = classify(a.labels, b.policy.labels)
     row = existing or Alert(
         fingerprint=a.fingerprint,
         starts_at=a.starts_at,
@@ -347,7 +350,6 @@ def _ingest_one(b: _Batch, a: AlertIn) -> Ingested:
     row.category, row.type = c.category, c.type
     b.existing[(a.fingerprint, _aware(a.starts_at))] = row
     session.add(row)
-    key = group_key(a, b.policy, c)
     incident = _open_in_window(b, key)
     if a.status == "resolved":
         # A resolved alert we never saw firing: kept as a record, it starts nothing.
