@@ -25,7 +25,7 @@ from runbooks.alerts import AlertPayloadError, parse_alertmanager, parse_generic
 from runbooks.incidents import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
-from runbooks.store import migrate, session_scope
+from runbooks.store import migrate, one_writer, session_scope
 
 WRITE_ATTEMPTS = 5
 
@@ -147,7 +147,7 @@ def create_app(
     def store(alerts: list) -> IngestResult:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                with session_scope(database_url) as s:
+                with one_writer(database_url), session_scope(database_url) as s:
                     result = ingest(s, alerts, policy)
                 break
             except OperationalError as err:

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import load_only
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
 from runbooks import suppression as sup
 from runbooks.alerts import AlertIn, fingerprint_of
+from runbooks.bulk import insert_rows
 from runbooks.models import (
     ACTIVE_STATUSES,
     Action,
@@ -37,6 +40,18 @@ from runbooks.taxonomy import Classification, classify
 
 ORDER = [s.value for s in IncidentStatus]
 UPDATE_EVERY_SECONDS = 30.0
+# An incident's last_alert_at moves at most this often: it is a correlation window of
+# minutes, and rewriting the hot incident rows on every post serialized a storm on them.
+TOUCH_EVERY_SECONDS = 1.0
+# What a post reads of each open incident; the rest (route, context...) loads if touched.
+_INTAKE_READS = load_only(
+    Incident.id,  # type: ignore[arg-type]
+    Incident.model,  # type: ignore[arg-type]
+    Incident.status,  # type: ignore[arg-type]
+    Incident.open_group_key,  # type: ignore[arg-type]
+    Incident.last_alert_at,  # type: ignore[arg-type]
+    Incident.suppressed_reason,  # type: ignore[arg-type]
+)
 
 
 class IncidentStateError(RuntimeError):
@@ -148,13 +163,36 @@ class IngestResult:
 
 
 @dataclass
+class _Known:
+    """An alert row this post found stored (or is about to store): no ORM object, so a
+    redelivered alert costs a dict lookup."""
+
+    id: int
+    status: str
+    suppressed_reason: str | None
+    incident_id: int | None
+    new: _New | None = None
+
+
+@dataclass
+class _New:
+    """A firing alert joining an open incident: written with the post's others in _finish."""
+
+    values: dict[str, Any]
+    items: list[Ingested]
+    line: str
+    loud: bool
+    a: AlertIn
+
+
+@dataclass
 class _Batch:
     """What one post needs from the store, read once for all of its alerts."""
 
     session: Session
     policy: Policy
     now: datetime
-    existing: dict[tuple[str, datetime], Alert]
+    known: dict[tuple[str, datetime], _Known]
     open_incidents: dict[str, Incident]
     silences: list[sup.Silence]
     windows: list[sup.MaintenanceWindow]
@@ -162,7 +200,8 @@ class _Batch:
     sources: list[dict[str, str]]
     updated: dict[int, list[int]] = field(default_factory=dict)
     quiet_since: dict[int, datetime | None] = field(default_factory=dict)
-    joined: list[tuple[Ingested, Alert, int, str, AlertIn, bool]] = field(default_factory=list)
+    new: list[_New] = field(default_factory=list)
+    touched: dict[int, Incident] = field(default_factory=dict)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
         return sup.evaluate(
@@ -175,6 +214,16 @@ class _Batch:
             confidence=confidence_of(a, self.policy),
             min_confidence=self.policy.suppression.min_confidence,
         )
+
+    def may_inhibit(self, labels: dict[str, str]) -> None:
+        # Only alerts that some rule could use as its source are kept: checking every
+        # alert of a post against every other made a post of n alerts cost n^2.
+        if any(sup.matches(r.source_matchers, labels) for r in self.rules):
+            self.sources.append(dict(labels))
+
+    def touch(self, incident: Incident) -> None:
+        self.quiet_since.setdefault(incident.id, incident.last_alert_at)
+        self.touched[incident.id] = incident
 
 
 def confidence_of(a: AlertIn, policy: Policy) -> float | None:
@@ -199,13 +248,18 @@ def _chunks(items: list[Any], n: int = 500) -> Iterator[list[Any]]:
 def _prepare(
     session: Session, alerts: list[AlertIn], keys: list[str], policy: Policy, now: datetime
 ) -> _Batch:
-    existing: dict[tuple[str, datetime], Alert] = {}
+    known: dict[tuple[str, datetime], _Known] = {}
+    t = Alert.__table__.c  # type: ignore[attr-defined]
+    cols = (t.id, t.fingerprint, t.starts_at, t.status, t.suppressed_reason, t.incident_id)
     for chunk in _chunks(sorted({a.fingerprint for a in alerts})):
-        for row in session.exec(select(Alert).where(col(Alert.fingerprint).in_(chunk))):
-            existing[(row.fingerprint, _aware(row.starts_at))] = row
+        for r in session.execute(sa_select(*cols).where(t.fingerprint.in_(chunk))):
+            known[(r.fingerprint, _aware(r.starts_at))] = _Known(
+                r.id, r.status, r.suppressed_reason, r.incident_id
+            )
     open_incidents: dict[str, Incident] = {}
     for chunk in _chunks(sorted(set(keys))):
-        for inc in session.exec(select(Incident).where(col(Incident.open_group_key).in_(chunk))):
+        q = select(Incident).where(col(Incident.open_group_key).in_(chunk)).options(_INTAKE_READS)
+        for inc in session.exec(q):
             open_incidents[inc.open_group_key or ""] = inc
     silences = [
         sup.Silence.model_validate(
@@ -225,7 +279,7 @@ def _prepare(
         session=session,
         policy=policy,
         now=now,
-        existing=existing,
+        known=known,
         open_incidents=open_incidents,
         silences=silences,
         windows=policy.suppression.windows(),
@@ -248,7 +302,11 @@ def _inhibition_sources(session: Session, rules: list[sup.InhibitRule]) -> list[
     q = select(Alert.labels).where(Alert.status == "firing")
     if names:
         q = q.where(col(Alert.alertname).in_(sorted(names)))
-    return [dict(labels) for labels in session.exec(q)]
+    return [
+        dict(labels)
+        for labels in session.exec(q)
+        if any(sup.matches(r.source_matchers, labels) for r in rules)
+    ]
 
 
 def ingest(
@@ -256,8 +314,9 @@ def ingest(
 ) -> IngestResult:
     """Store alerts and fold them into incidents. A redelivered alert changes nothing.
 
-    One post is one batch: the store is read once for all its alerts, and each incident
-    that took alerts announces it once.
+    One post is one batch: the store is read once for all its alerts, the alerts that join
+    open incidents (nearly all of them in a storm) are written with one INSERT, and each
+    incident that took alerts announces it once.
     """
     now = now or utcnow()
     if policy.grouping.fingerprint_labels:
@@ -266,10 +325,18 @@ def ingest(
     classes = [classify(a.labels, policy.labels) for a in alerts]
     keys = [group_key(a, policy, c) for a, c in zip(alerts, classes, strict=True)]
     batch = _prepare(session, alerts, keys, policy, now)
-    result = IngestResult()
-    for alert, c, key in zip(alerts, classes, keys, strict=True):
-        result.items.append(_ingest_one(batch, alert, c, key))
+    for a in alerts:
+        # As in Alertmanager, every firing alert of the post may inhibit, wherever it sits
+        # in the post and whether or not it is muted itself.
+        if a.status == "firing":
+            batch.may_inhibit(a.labels)
+    items: list[Ingested | None] = [None] * len(alerts)
+    # In group-key order, so that concurrent posts open incidents in one order: in post
+    # order, PostgreSQL deadlocked two posts each waiting on the other's new incident.
+    for i in sorted(range(len(alerts)), key=keys.__getitem__):
+        items[i] = _ingest_one(batch, alerts[i], classes[i], keys[i])
     _finish(batch)
+    result = IngestResult([item for item in items if item is not None])
     for incident_id, alert_ids in batch.updated.items():
         incident = session.get(Incident, incident_id)
         last = batch.quiet_since.get(incident_id)
@@ -286,27 +353,57 @@ def ingest(
     return result
 
 
-def _finish(b: _Batch) -> None:
-    """Write what the joined alerts of the post deferred: one flush, one timeline insert."""
-    if not b.joined:
+def _write_new(b: _Batch) -> None:
+    """Insert the alerts that joined so far, with their timeline lines: two statements."""
+    if not b.new:
         return
-    b.session.flush()
+    table = Alert.__table__  # type: ignore[attr-defined]
+    ids = insert_rows(b.session, table, [n.values for n in b.new], ids=True)
     lines = []
-    for item, row, incident_id, message, a, loud in b.joined:
-        item.alert_id = row.id
+    for n, alert_id in zip(b.new, ids, strict=True):
+        for item in n.items:
+            item.alert_id = alert_id
+        known = b.known[(n.values["fingerprint"], n.values["starts_at"])]
+        known.id, known.new = alert_id, None
+        incident_id = n.values["incident_id"]
         lines.append(
             {
                 "incident_id": incident_id,
                 "actor": "intake",
                 "kind": "alert",
-                "message": message,
-                "data": {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations},
+                "message": n.line,
+                "data": {
+                    "alert_id": alert_id,
+                    "labels": n.a.labels,
+                    "annotations": n.a.annotations,
+                },
                 "at": b.now,
             }
         )
-        if loud:
-            b.updated.setdefault(incident_id, []).append(row.id)
-    b.session.execute(insert(TimelineEvent), lines)
+        if n.loud:
+            b.updated.setdefault(incident_id, []).append(alert_id)
+    insert_rows(b.session, TimelineEvent.__table__, lines)  # type: ignore[attr-defined]
+    b.new = []
+
+
+def _finish(b: _Batch) -> None:
+    """Write what the post deferred: new alerts, their timeline, the incidents' clocks."""
+    b.session.flush()
+    _write_new(b)
+    due = [
+        {"id": i, "last_alert_at": b.now, "updated_at": b.now}
+        for i, incident in sorted(b.touched.items())
+        if incident.last_alert_at is None
+        or (b.now - _aware(incident.last_alert_at)).total_seconds() >= TOUCH_EVERY_SECONDS
+    ]
+    if due:
+        # Last, and in id order: concurrent posts lock the same hot incident rows, briefly
+        # and always in the same order (PostgreSQL deadlocked on the per-alert updates).
+        b.session.execute(sa_update(Incident), due)
+        for row in due:
+            incident = b.touched[row["id"]]
+            set_committed_value(incident, "last_alert_at", b.now)
+            set_committed_value(incident, "updated_at", b.now)
 
 
 def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
@@ -315,14 +412,33 @@ def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
     )
 
 
+def _row(b: _Batch, known: _Known) -> Alert:
+    row = b.session.get(Alert, known.id)
+    if row is None:  # deleted under us: the unique key says it existed when we read
+        raise IncidentStateError(f"alert {known.id} vanished while the intake read it; retry")
+    return row
+
+
 def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     session = b.session
-    existing = b.existing.get((a.fingerprint, _aware(a.starts_at)))
-    if existing is not None:
-        if existing.status == a.status:
-            if a.status == "firing" and existing.suppressed_reason:
-                return _recheck_suppressed(b, a, existing)
-            return Ingested(existing.id, existing.incident_id, "duplicate")
+    slot = (a.fingerprint, _aware(a.starts_at))
+    known = b.known.get(slot)
+    if known is not None and known.new is not None:
+        if known.status == a.status:
+            # The same alert twice in one post: the first one's outcome stands.
+            item = Ingested(0, known.incident_id, "duplicate")
+            known.new.items.append(item)
+            return item
+        _write_new(b)
+    existing: Alert | None = None
+    if known is not None:
+        if known.status == a.status:
+            if a.status == "firing" and known.suppressed_reason:
+                return _recheck_suppressed(b, a, known)
+            return Ingested(known.id, known.incident_id, "duplicate")
+        _write_new(b)  # what follows counts the incident's firing alerts in the store
+        existing = _row(b, known)
+        known.status = a.status
         existing.status = a.status
         existing.ends_at = a.ends_at
         existing.annotations = a.annotations
@@ -336,6 +452,18 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
+    incident = _open_in_window(b, key)
+    muted = b.suppression(a) if a.status == "firing" else None
+    if (
+        existing is None
+        and a.status == "firing"
+        and incident is not None
+        and (muted is not None or incident.suppressed_reason is None)
+    ):
+        return _join(b, a, c, incident, muted)
+
+    # Opening an incident, recording a resolved alert, re-opening: rare, so plain ORM.
+    _write_new(b)
     row = existing or Alert(
         fingerprint=a.fingerprint,
         starts_at=a.starts_at,
@@ -346,40 +474,28 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
         labels=a.labels,
         annotations=a.annotations,
         source=a.source,
+        received_at=b.now,
     )
     row.category, row.type = c.category, c.type
-    b.existing[(a.fingerprint, _aware(a.starts_at))] = row
     session.add(row)
-    incident = _open_in_window(b, key)
     if a.status == "resolved":
         # A resolved alert we never saw firing: kept as a record, it starts nothing.
         row.incident_id = incident.id if incident else None
         session.flush()
+        b.known[slot] = _Known(row.id, row.status, None, row.incident_id)
         if incident:
             add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} resolved")
         return Ingested(row.id, row.incident_id, "recorded")
 
-    muted = b.suppression(a)
     row.suppressed_reason = muted.reason if muted else None
-    if muted is None:
-        b.sources.append(dict(a.labels))
     outcome = "joined"
     if incident is None:
         incident, outcome = _create_incident(session, a, key, c)
         b.open_incidents[key] = incident
     row.incident_id = incident.id
-    b.quiet_since.setdefault(incident.id, incident.last_alert_at)
-    incident.last_alert_at = b.now
-    session.add(incident)
-    if outcome == "joined" and (muted is not None or incident.suppressed_reason is None):
-        # The common case in a storm: no flush per alert; ids and timeline lines are
-        # written for the whole post at once in _finish.
-        incident.updated_at = b.now
-        note = f" (suppressed: {muted.reason})" if muted else ""
-        item = Ingested(0, incident.id, outcome, muted.reason if muted else None)
-        b.joined.append((item, row, incident.id, f"{_name(a)} joined{note}", a, muted is None))
-        return item
+    b.touch(incident)
     session.flush()
+    b.known[slot] = _Known(row.id, row.status, row.suppressed_reason, row.incident_id)
     data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
     if outcome == "opened":
         add_timeline(
@@ -393,11 +509,50 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     else:
         note = f" (suppressed: {muted.reason})" if muted else ""
         add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} joined{note}", data)
-        incident.updated_at = b.now
-        _page_if_enough(b, incident, a)
+        if muted is None and incident.suppressed_reason is not None:
+            # The group was waiting (min_alerts) or muted: this alert may be what pages it.
+            # One that was paged already (say, by a concurrent post that opened it) is not
+            # paged again.
+            _page_if_enough(b, incident, a)
     return Ingested(
         row.id, incident.id, outcome, incident.suppressed_reason if muted is None else muted.reason
     )
+
+
+def _join(
+    b: _Batch, a: AlertIn, c: Classification, incident: Incident, muted: sup.Suppression | None
+) -> Ingested:
+    """The storm's common case: a new firing alert joins an open incident. Kept as plain
+    values and inserted with the rest of the post in _finish (ORM objects and a flush per
+    alert were most of the intake's time)."""
+    reason = muted.reason if muted else None
+    b.touch(incident)
+    item = Ingested(0, incident.id, "joined", reason)
+    new = _New(
+        values={
+            "fingerprint": a.fingerprint,
+            "starts_at": _aware(a.starts_at),
+            "ends_at": a.ends_at,
+            "status": a.status,
+            "model": a.model,
+            "alertname": a.alertname,
+            "labels": a.labels,
+            "annotations": a.annotations,
+            "source": a.source,
+            "received_at": b.now,
+            "incident_id": incident.id,
+            "suppressed_reason": reason,
+            "category": c.category,
+            "type": c.type,
+        },
+        items=[item],
+        line=f"{_name(a)} joined" + (f" (suppressed: {reason})" if reason else ""),
+        loud=muted is None,
+        a=a,
+    )
+    b.new.append(new)
+    b.known[(a.fingerprint, _aware(a.starts_at))] = _Known(0, a.status, reason, incident.id, new)
+    return item
 
 
 def _open_in_window(b: _Batch, key: str) -> Incident | None:
@@ -428,6 +583,7 @@ def _page_if_enough(b: _Batch, incident: Incident, a: AlertIn) -> None:
     need = b.policy.grouping.min_alerts
     have = 1
     if need > 1:
+        _write_new(b)  # the count must see the alerts that joined earlier in this post
         have = b.session.exec(
             select(func.count())
             .select_from(Alert)
@@ -462,14 +618,14 @@ def _page_if_enough(b: _Batch, incident: Incident, a: AlertIn) -> None:
     )
 
 
-def _recheck_suppressed(b: _Batch, a: AlertIn, row: Alert) -> Ingested:
+def _recheck_suppressed(b: _Batch, a: AlertIn, known: _Known) -> Ingested:
     """A muted alert sent again: page now if what muted it (silence, source) has gone."""
     muted = b.suppression(a)
     if muted is not None:
-        return Ingested(row.id, row.incident_id, "duplicate", muted.reason)
-    row.suppressed_reason = None
+        return Ingested(known.id, known.incident_id, "duplicate", muted.reason)
+    row = _row(b, known)
+    row.suppressed_reason = known.suppressed_reason = None
     b.session.add(row)
-    b.sources.append(dict(a.labels))
     incident = b.session.get(Incident, row.incident_id) if row.incident_id else None
     if incident is None or not is_active(incident):
         return Ingested(row.id, row.incident_id, "duplicate")

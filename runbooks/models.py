@@ -95,7 +95,10 @@ class Incident(SQLModel, table=True):
 
 
 class Alert(SQLModel, table=True):
-    __table_args__ = (sa.UniqueConstraint("fingerprint", "starts_at", name="uq_alert_delivery"),)
+    __table_args__ = (
+        sa.UniqueConstraint("fingerprint", "starts_at", name="uq_alert_delivery"),
+        sa.Index("ix_alert_alertname_status", "alertname", "status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     fingerprint: str = Field(index=True)
