@@ -21,7 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from deployments.outbox import OutboxDeliverer
 from runbooks import silences
-from runbooks.alerts import AlertPayloadError, parse_alertmanager, parse_generic, parse_report
+from runbooks.alerts import (
+    AlertIn,
+    AlertPayloadError,
+    parse_alertmanager,
+    parse_generic,
+    parse_report,
+)
 from runbooks.incidents import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
@@ -33,6 +39,22 @@ WRITE_ATTEMPTS = 5
 def _retryable(err: OperationalError) -> bool:
     text = str(err.orig).lower()
     return any(m in text for m in ("deadlock", "database is locked", "could not serialize"))
+
+
+def store_alerts(database_url: str, alerts: list[AlertIn], policy: Policy) -> IngestResult:
+    """One post in one transaction, retried whole when it collided with another post."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with one_writer(database_url), session_scope(database_url) as s:
+                return ingest(s, alerts, policy)
+        except OperationalError as err:
+            # Two posts folding alerts into the same incidents can deadlock (PostgreSQL
+            # aborts one) or find SQLite locked (another process writing): the whole post is
+            # retried, so the sender gets its 202, never a 5xx for a collision.
+            if attempt == WRITE_ATTEMPTS or not _retryable(err):
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class IntakeError(Exception):
@@ -144,19 +166,8 @@ def create_app(
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise IntakeError(400, f"body is not valid JSON: {err}") from None
 
-    def store(alerts: list) -> IngestResult:
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                with one_writer(database_url), session_scope(database_url) as s:
-                    result = ingest(s, alerts, policy)
-                break
-            except OperationalError as err:
-                # Two posts folding alerts into the same incidents can deadlock (PostgreSQL
-                # aborts one) or find SQLite locked: the whole post is retried, so the
-                # sender gets its 202, never a 5xx for a collision.
-                if attempt == WRITE_ATTEMPTS or not _retryable(err):
-                    raise
-                time.sleep(random.uniform(0.01, 0.05) * attempt)
+    def store(alerts: list[AlertIn]) -> IngestResult:
+        result = store_alerts(database_url, alerts, policy)
         if deliverer is not None:
             deliverer.poke()
         return result
