@@ -8,12 +8,13 @@ the event they cause land together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select as sa_select
+from sqlalchemy import text as sa_text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -33,6 +34,7 @@ from runbooks.models import (
     OutboxEvent,
     RemediationLock,
     TimelineEvent,
+    UTCDateTime,
     utcnow,
 )
 from runbooks.models import Silence as SilenceRow
@@ -105,7 +107,7 @@ def model_resource(model: str) -> dict[str, str]:
 
 
 def enqueue_event(
-    session: Session, event: str, incident: Incident, payload: dict[str, Any]
+    session: Session, event: str, incident: Incident | _Open, payload: dict[str, Any]
 ) -> OutboxEvent:
     """Stage a Prefect event in the same transaction as the change it announces."""
     out = OutboxEvent(
@@ -177,6 +179,32 @@ class _New:
 
 
 @dataclass
+class _Open:
+    """An open incident as a post reads it: four columns. The ORM object is loaded only when
+    the post changes more than the incident's clock (paging, ending the window); loading 50
+    of them per post cost more than writing the post's alerts."""
+
+    id: int
+    model: str
+    row_last_alert_at: datetime | None
+    row_suppressed_reason: str | None
+    orm: Incident | None = None
+
+    @classmethod
+    def of(cls, incident: Incident) -> _Open:
+        assert incident.id is not None
+        return cls(incident.id, incident.model, incident.last_alert_at, None, incident)
+
+    @property
+    def last_alert_at(self) -> datetime | None:
+        return self.orm.last_alert_at if self.orm else self.row_last_alert_at
+
+    @property
+    def suppressed_reason(self) -> str | None:
+        return self.orm.suppressed_reason if self.orm else self.row_suppressed_reason
+
+
+@dataclass
 class _Batch:
     """What one post needs from the store, read once for all of its alerts."""
 
@@ -184,7 +212,7 @@ class _Batch:
     policy: Policy
     now: datetime
     known: dict[tuple[str, datetime], _Known]
-    open_incidents: dict[str, Incident]
+    open_incidents: dict[str, _Open]
     silences: list[sup.Silence]
     windows: list[sup.MaintenanceWindow]
     rules: list[sup.InhibitRule]
@@ -192,7 +220,7 @@ class _Batch:
     updated: dict[int, list[int]] = field(default_factory=dict)
     quiet_since: dict[int, datetime | None] = field(default_factory=dict)
     new: list[_New] = field(default_factory=list)
-    touched: dict[int, Incident] = field(default_factory=dict)
+    touched: dict[int, _Open] = field(default_factory=dict)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
         return sup.evaluate(
@@ -212,9 +240,14 @@ class _Batch:
         if any(sup.matches(r.source_matchers, labels) for r in self.rules):
             self.sources.append(dict(labels))
 
-    def touch(self, incident: Incident) -> None:
+    def touch(self, incident: _Open) -> None:
         self.quiet_since.setdefault(incident.id, incident.last_alert_at)
         self.touched[incident.id] = incident
+
+    def orm(self, incident: _Open) -> Incident:
+        if incident.orm is None:
+            incident.orm = self.session.get_one(Incident, incident.id)
+        return incident.orm
 
 
 def confidence_of(a: AlertIn, policy: Policy) -> float | None:
@@ -231,27 +264,54 @@ def _aware(t: datetime) -> datetime:
     return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _chunks(items: list[Any], n: int = 500) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+# The post's keys go in as one JSON array: the statement is the same for any number of
+# them. (An IN list of 50 values was rendered, cast and bound value by value on every post.)
+_KEY_LIST = {
+    "postgresql": "SELECT json_array_elements_text(CAST(:keys AS json))",
+    "sqlite": "SELECT value FROM json_each(:keys)",
+}
+_LOOKUPS = {
+    "alerts": (
+        "SELECT id, fingerprint, starts_at, status, suppressed_reason, incident_id FROM alert "
+        "WHERE fingerprint IN ({keys})",
+        {"starts_at": UTCDateTime},
+    ),
+    "incidents": (
+        "SELECT id, model, open_group_key, last_alert_at, suppressed_reason FROM incident "
+        "WHERE open_group_key IN ({keys})",
+        {"last_alert_at": UTCDateTime},
+    ),
+}
+_lookups: dict[tuple[str, str], Any] = {}
+
+
+def _lookup(conn: Any, name: str) -> Any:
+    dialect = conn.dialect.name
+    stmt = _lookups.get((dialect, name))
+    if stmt is None:
+        if dialect not in _KEY_LIST:
+            raise IncidentStateError(f"the incident store does not support {dialect}")
+        sql, types = _LOOKUPS[name]
+        stmt = sa_text(sql.format(keys=_KEY_LIST[dialect])).columns(**types)
+        _lookups[(dialect, name)] = stmt
+    return stmt
 
 
 def _prepare(
     session: Session, alerts: list[AlertIn], keys: list[str], policy: Policy, now: datetime
 ) -> _Batch:
     known: dict[tuple[str, datetime], _Known] = {}
-    t = Alert.__table__.c  # type: ignore[attr-defined]
-    cols = (t.id, t.fingerprint, t.starts_at, t.status, t.suppressed_reason, t.incident_id)
-    for chunk in _chunks(sorted({a.fingerprint for a in alerts})):
-        for r in session.execute(sa_select(*cols).where(t.fingerprint.in_(chunk))):
-            known[(r.fingerprint, _aware(r.starts_at))] = _Known(
-                r.id, r.status, r.suppressed_reason, r.incident_id
-            )
-    open_incidents: dict[str, Incident] = {}
-    for chunk in _chunks(sorted(set(keys))):
-        q = select(Incident).where(col(Incident.open_group_key).in_(chunk))
-        for inc in session.exec(q):
-            open_incidents[inc.open_group_key or ""] = inc
+    conn = session.connection()
+    fingerprints = sorted({a.fingerprint for a in alerts})
+    for r in conn.execute(_lookup(conn, "alerts"), {"keys": json.dumps(fingerprints)}):
+        known[(r.fingerprint, _aware(r.starts_at))] = _Known(
+            r.id, r.status, r.suppressed_reason, r.incident_id
+        )
+    open_incidents: dict[str, _Open] = {}
+    for r in conn.execute(_lookup(conn, "incidents"), {"keys": json.dumps(sorted(set(keys)))}):
+        open_incidents[r.open_group_key] = _Open(
+            r.id, r.model, r.last_alert_at, r.suppressed_reason
+        )
     silences = [
         sup.Silence.model_validate(
             {
@@ -329,7 +389,7 @@ def ingest(
     _finish(batch)
     result = IngestResult([item for item in items if item is not None])
     for incident_id, alert_ids in batch.updated.items():
-        incident = session.get(Incident, incident_id)
+        incident = batch.touched.get(incident_id)
         last = batch.quiet_since.get(incident_id)
         if last is not None and (now - _aware(last)).total_seconds() < UPDATE_EVERY_SECONDS:
             # A storm keeps adding alerts: tell Prefect at most every few seconds, not per post.
@@ -391,8 +451,10 @@ def _finish(b: _Batch) -> None:
         b.session.execute(sa_update(Incident), due)
         for row in due:
             incident = b.touched[row["id"]]
-            set_committed_value(incident, "last_alert_at", b.now)
-            set_committed_value(incident, "updated_at", b.now)
+            incident.row_last_alert_at = b.now
+            if incident.orm is not None:
+                set_committed_value(incident.orm, "last_alert_at", b.now)
+                set_committed_value(incident.orm, "updated_at", b.now)
 
 
 def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
@@ -441,18 +503,19 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
-    incident = _open_in_window(b, key)
+    opened = _open_in_window(b, key)
     muted = b.suppression(a) if a.status == "firing" else None
     if (
         existing is None
         and a.status == "firing"
-        and incident is not None
-        and (muted is not None or incident.suppressed_reason is None)
+        and opened is not None
+        and (muted is not None or opened.suppressed_reason is None)
     ):
-        return _join(b, a, c, incident, muted)
+        return _join(b, a, c, opened, muted)
 
     # Opening an incident, recording a resolved alert, re-opening: rare, so plain ORM.
     _write_new(b)
+    incident = b.orm(opened) if opened else None
     row = existing or Alert(
         fingerprint=a.fingerprint,
         starts_at=a.starts_at,
@@ -478,11 +541,11 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
 
     row.suppressed_reason = muted.reason if muted else None
     outcome = "joined"
-    if incident is None:
+    if opened is None or incident is None:
         incident, outcome = _create_incident(session, a, key, c)
-        b.open_incidents[key] = incident
+        opened = b.open_incidents[key] = _Open.of(incident)
     row.incident_id = incident.id
-    b.touch(incident)
+    b.touch(opened)
     session.flush()
     b.known[slot] = _Known(row.id, row.status, row.suppressed_reason, row.incident_id)
     data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
@@ -509,7 +572,7 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
 
 
 def _join(
-    b: _Batch, a: AlertIn, c: Classification, incident: Incident, muted: sup.Suppression | None
+    b: _Batch, a: AlertIn, c: Classification, incident: _Open, muted: sup.Suppression | None
 ) -> Ingested:
     """The storm's common case: a new firing alert joins an open incident. Kept as plain
     values and inserted with the rest of the post in _finish (ORM objects and a flush per
@@ -543,14 +606,15 @@ def _join(
     return item
 
 
-def _open_in_window(b: _Batch, key: str) -> Incident | None:
-    incident = b.open_incidents.get(key)
-    if incident is None or incident.last_alert_at is None:
-        return incident
-    quiet = (b.now - _aware(incident.last_alert_at)).total_seconds()
+def _open_in_window(b: _Batch, key: str) -> _Open | None:
+    opened = b.open_incidents.get(key)
+    if opened is None or opened.last_alert_at is None:
+        return opened
+    quiet = (b.now - _aware(opened.last_alert_at)).total_seconds()
     if quiet <= b.policy.grouping.window_seconds:
-        return incident
+        return opened
     # The group went quiet for longer than the correlation window: this is a new problem.
+    incident = b.orm(opened)
     incident.open_group_key = None
     b.session.add(incident)
     add_timeline(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 Severity = Literal["P1", "P2", "P3"]
 SEVERITY_ALIASES = {"critical": "P1", "high": "P2", "medium": "P3", "low": "P3", "info": "P3"}
@@ -174,6 +174,7 @@ class Suppression(_Strict):
         default_factory=list, description="See docs/policy.md; checked by check-config."
     )
     inhibit_rules: list[dict] = Field(default_factory=list)
+    _rules: list | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _valid(self) -> Suppression:
@@ -203,7 +204,10 @@ class Suppression(_Strict):
     def rules(self) -> list:
         from runbooks.suppression import InhibitRule
 
-        return [InhibitRule.model_validate(r) for r in self.inhibit_rules]
+        # Parsed once: the intake asks on every post.
+        if self._rules is None:
+            self._rules = [InhibitRule.model_validate(r) for r in self.inhibit_rules]
+        return list(self._rules)
 
 
 class Criticality(_Strict):
