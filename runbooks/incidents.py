@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam as sa_bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy import text as sa_text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -216,13 +218,17 @@ class _Batch:
     silences: list[sup.Silence]
     windows: list[sup.MaintenanceWindow]
     rules: list[sup.InhibitRule]
+    source_names: set[str] | None
     sources: list[dict[str, str]]
+    quiet: bool = False  # nothing could mute an alert of this post
     updated: dict[int, list[int]] = field(default_factory=dict)
     quiet_since: dict[int, datetime | None] = field(default_factory=dict)
     new: list[_New] = field(default_factory=list)
     touched: dict[int, _Open] = field(default_factory=dict)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
+        if self.quiet:
+            return None
         return sup.evaluate(
             a.labels,
             self.now,
@@ -237,6 +243,8 @@ class _Batch:
     def may_inhibit(self, labels: dict[str, str]) -> None:
         # Only alerts that some rule could use as its source are kept: checking every
         # alert of a post against every other made a post of n alerts cost n^2.
+        if self.source_names is not None and labels.get("alertname") not in self.source_names:
+            return
         if any(sup.matches(r.source_matchers, labels) for r in self.rules):
             self.sources.append(dict(labels))
 
@@ -323,9 +331,10 @@ def _prepare(
                 "comment": row.comment,
             }
         )
-        for row in session.exec(select(SilenceRow).where(SilenceRow.ends_at > now))
+        for row in conn.execute(_SILENCES, {"now": now})
     ]
     rules = policy.suppression.rules()
+    names = _source_names(rules)
     return _Batch(
         session=session,
         policy=policy,
@@ -333,29 +342,43 @@ def _prepare(
         known=known,
         open_incidents=open_incidents,
         silences=silences,
-        windows=policy.suppression.windows(),
+        # Only the windows open now: the rest cannot mute this post.
+        windows=[w for w in policy.suppression.windows() if w.schedule.occurrence(now)],
         rules=rules,
-        sources=_inhibition_sources(session, rules),
+        source_names=names,
+        sources=_inhibition_sources(conn, rules, names),
     )
 
 
-def _inhibition_sources(session: Session, rules: list[sup.InhibitRule]) -> list[dict[str, str]]:
-    """Firing alerts that could inhibit: narrowed by alertname when every rule names one."""
-    if not rules:
-        return []
+_SILENCES = sa_select(SilenceRow.__table__).where(  # type: ignore[attr-defined]
+    SilenceRow.__table__.c.ends_at > sa_bindparam("now")  # type: ignore[attr-defined]
+)
+
+
+def _source_names(rules: list[sup.InhibitRule]) -> set[str] | None:
+    """The alertnames that can inhibit, or None when some rule's source is not one name."""
     names: set[str] = set()
     for rule in rules:
         eq = [m.value for m in rule.source_matchers if m.name == "alertname" and m.op == "="]
         if not eq:
-            names = set()
-            break
+            return None
         names.update(eq)
-    q = select(Alert.labels).where(Alert.status == "firing")
-    if names:
-        q = q.where(col(Alert.alertname).in_(sorted(names)))
+    return names
+
+
+def _inhibition_sources(
+    conn: Any, rules: list[sup.InhibitRule], names: set[str] | None
+) -> list[dict[str, str]]:
+    """Firing alerts that could inhibit: narrowed by alertname when every rule names one."""
+    if not rules:
+        return []
+    t = Alert.__table__.c  # type: ignore[attr-defined]
+    q = sa_select(t.labels).where(t.status == "firing")
+    if names is not None:
+        q = q.where(t.alertname.in_(sorted(names)))
     return [
         dict(labels)
-        for labels in session.exec(q)
+        for labels in conn.execute(q).scalars()
         if any(sup.matches(r.source_matchers, labels) for r in rules)
     ]
 
@@ -381,6 +404,9 @@ def ingest(
         # in the post and whether or not it is muted itself.
         if a.status == "firing":
             batch.may_inhibit(a.labels)
+    batch.quiet = not (
+        batch.silences or batch.windows or batch.sources or policy.suppression.min_confidence > 0
+    )
     items: list[Ingested | None] = [None] * len(alerts)
     # In group-key order, so that concurrent posts open incidents in one order: in post
     # order, PostgreSQL deadlocked two posts each waiting on the other's new incident.
@@ -529,10 +555,10 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
         received_at=b.now,
     )
     row.category, row.type = c.category, c.type
-    session.add(row)
     if a.status == "resolved":
         # A resolved alert we never saw firing: kept as a record, it starts nothing.
         row.incident_id = incident.id if incident else None
+        session.add(row)
         session.flush()
         b.known[slot] = _Known(row.id, row.status, None, row.incident_id)
         if incident:
@@ -544,7 +570,9 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     if opened is None or incident is None:
         incident, outcome = _create_incident(session, a, key, c)
         opened = b.open_incidents[key] = _Open.of(incident)
+    # Added once its incident exists: one INSERT, not an INSERT and an UPDATE.
     row.incident_id = incident.id
+    session.add(row)
     b.touch(opened)
     session.flush()
     b.known[slot] = _Known(row.id, row.status, row.suppressed_reason, row.incident_id)
