@@ -46,6 +46,7 @@ def build_intake(host: str, port: int):  # type: ignore[no-untyped-def]
         policy,
         token=settings.intake_token,
         max_body_bytes=settings.intake_max_body_bytes,
+        writers=settings.intake_writers,
         deliverer=deliverer,
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

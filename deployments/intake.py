@@ -31,7 +31,7 @@ from runbooks.alerts import (
 from runbooks.incidents import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
-from runbooks.store import migrate, one_writer, session_scope
+from runbooks.store import migrate, session_scope, writer_slot
 
 WRITE_ATTEMPTS = 5
 
@@ -41,11 +41,13 @@ def _retryable(err: OperationalError) -> bool:
     return any(m in text for m in ("deadlock", "database is locked", "could not serialize"))
 
 
-def store_alerts(database_url: str, alerts: list[AlertIn], policy: Policy) -> IngestResult:
+def store_alerts(
+    database_url: str, alerts: list[AlertIn], policy: Policy, writers: int = 2
+) -> IngestResult:
     """One post in one transaction, retried whole when it collided with another post."""
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            with one_writer(database_url), session_scope(database_url) as s:
+            with writer_slot(database_url, writers), session_scope(database_url) as s:
                 return ingest(s, alerts, policy)
         except OperationalError as err:
             # Two posts folding alerts into the same incidents can deadlock (PostgreSQL
@@ -108,6 +110,7 @@ def create_app(
     *,
     token: str = "",
     max_body_bytes: int = 1_048_576,
+    writers: int = 2,
     deliverer: OutboxDeliverer | None = None,
 ) -> FastAPI:
     """The intake app. `deliverer` is poked after each commit so events leave at once."""
@@ -167,7 +170,7 @@ def create_app(
             raise IntakeError(400, f"body is not valid JSON: {err}") from None
 
     def store(alerts: list[AlertIn]) -> IngestResult:
-        result = store_alerts(database_url, alerts, policy)
+        result = store_alerts(database_url, alerts, policy, writers)
         if deliverer is not None:
             deliverer.poke()
         return result

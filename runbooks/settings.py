@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         "", description="Bearer token the intake demands; empty disables auth."
     )
     intake_max_body_bytes: int = Field(1_048_576, description="Larger posts get 413.")
+    intake_writers: int = Field(
+        2, ge=1, description="Posts written at once on PostgreSQL (SQLite takes one at a time)."
+    )
     outbox_retry_seconds: float = Field(
         2.0, description="First delay before an undelivered event is sent again."
     )

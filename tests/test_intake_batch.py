@@ -114,8 +114,9 @@ def test_concurrent_posts_open_each_group_once_and_page_once(db_url: str) -> Non
     # 8 posts of the same 10 groups at the same moment, as Alertmanager's groups flush
     # together after a restart: every alert kept, 10 incidents, 10 pages.
     posts = [
-        parse_generic([alert(i, startsAt=(T0 + timedelta(seconds=k)).isoformat())
-                       for i in range(20)], T0)  # fmt: skip
+        parse_generic(
+            [alert(i, startsAt=(T0 + timedelta(seconds=k)).isoformat()) for i in range(20)], T0
+        )  # fmt: skip
         for k in range(8)
     ]
     with ThreadPoolExecutor(4) as pool:
@@ -141,7 +142,7 @@ def test_insert_rows_returns_each_rows_id_in_order(db_url: str) -> None:
                 "status": "firing",
                 "model": "m",
                 "alertname": "A",
-                "labels": {"n": str(n), "quote": "it's \"x\"\t\\"},
+                "labels": {"n": str(n), "quote": 'it\'s "x"\t\\'},
                 "annotations": {},
                 "source": "test",
                 "received_at": T0,
@@ -153,5 +154,5 @@ def test_insert_rows_returns_each_rows_id_in_order(db_url: str) -> None:
         for n, i in enumerate(ids):
             row = s.get(Alert, i)
             assert row is not None and row.fingerprint == f"fp{n}"
-            assert row.labels == {"n": str(n), "quote": "it's \"x\"\t\\"}
+            assert row.labels == {"n": str(n), "quote": 'it\'s "x"\t\\'}
             assert row.starts_at == T0
