@@ -8,7 +8,11 @@ accepted alerts/s, alerts lost (must be 0), incidents opened (must equal the dis
 groups), runbook runs started (must equal incidents).
 
     ./run bench alert_storm [--alerts 10000] [--per-post 50] [--store sqlite|postgresql]
-                            [--prefect-postgres] [--keep]
+                            [--prefect-postgres] [--intake-only] [--keep]
+
+--intake-only runs `runbooks serve-intake` alone (no Prefect server, no runbooks executing
+beside it on the machine's two cores): the intake's own rate. Its events wait in the
+outbox, and the figure printed for them is the events staged (one per incident).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deployments.local import (  # noqa: E402
+    ManagedProcess,
     free_port,
     prefect_env,
     start_prefect_server,
@@ -138,6 +143,7 @@ def main() -> None:
     ap.add_argument(
         "--prefect-postgres", action="store_true", help="run the Prefect server on PostgreSQL"
     )
+    ap.add_argument("--intake-only", action="store_true", help="the intake alone, no Prefect")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="runbooks-storm-"))
@@ -167,6 +173,14 @@ def main() -> None:
             "RUNBOOKS_RUNBOOK_START_SECONDS": "30",
         }
     )
+    if args.intake_only:
+        try:
+            intake_only(home, env, iport, db, args)
+        finally:
+            if schema:
+                with sa.create_engine(PG).begin() as c:
+                    c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        return
     server = start_prefect_server(home, env, pport)
     # Few runs at once: the bench counts runs started, it does not need 60 processes.
     serve = start_runbooks_serve(home, env, iport, extra_args=["--limit", "2"])
@@ -237,6 +251,36 @@ def main() -> None:
             print(f"  logs kept in {home}")
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def intake_only(
+    home: Path, env: dict[str, str], port: int, db: str, args: argparse.Namespace
+) -> None:
+    env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}  # nobody there
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "deployments.cli", "serve-intake", "--port", str(port)]
+    proc = ManagedProcess("runbooks serve-intake", cmd, env, home / "intake.log", cwd=root)
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        seconds, accepted, failed = storm(f"http://127.0.0.1:{port}", args.alerts, args.per_post)
+        with get_engine(db).connect() as c:
+            stored = c.execute(sa.text("select count(*) from alert")).scalar_one()
+            incidents = c.execute(sa.text("select count(*) from incident")).scalar_one()
+            staged = c.execute(
+                sa.text("select count(*) from outboxevent where event = 'ml.incident.opened'")
+            ).scalar_one()
+        print(
+            f"store {args.store}, intake alone, {args.alerts} alerts in posts of "
+            f"{args.per_post}, 4 connections:"
+        )
+        print(f"  accepted {accepted} in {seconds:.2f} s = {accepted / seconds:,.0f} alerts/s")
+        print(f"  lost {args.alerts - stored} (stored {stored}, refused {failed})")
+        print(f"  incidents opened {incidents} (distinct groups {MODELS * len(METRICS)})")
+        print(f"  runbook start events staged {staged} (incidents {incidents})")
+    finally:
+        proc.stop()
+        get_engine(db).dispose()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
