@@ -38,22 +38,20 @@ def insert_rows(
 
 def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ids: bool) -> list[int]:
     names = list(rows[0])
+    raw: Any = conn.connection.driver_connection
     new_ids: list[int] = []
     if ids:
         pk = table.primary_key.columns[0].name
-        new_ids = list(
-            conn.execute(
-                sa.text(
-                    "SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)"
-                ),
-                {"t": table.name, "c": pk, "n": len(rows)},
-            ).scalars()
-        )
+        with raw.cursor() as cur:
+            cur.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                (table.name, pk, len(rows)),
+            )
+            new_ids = [r[0] for r in cur.fetchall()]
         names = [pk, *names]
     as_json = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
     quote = conn.dialect.identifier_preparer.quote
     sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
-    raw: Any = conn.connection.driver_connection
     with raw.cursor() as cur, cur.copy(sql) as copy:
         for i, row in enumerate(rows):
             # orjson: encoding the label sets was the costliest part of a row.

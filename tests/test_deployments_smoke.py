@@ -19,6 +19,9 @@ def test_triggers_validate_and_default_missing_payload_fields() -> None:
     deployments = {d.name: d for d in runner_deployments()}
     (trigger,) = deployments["triage"].triggers
     assert trigger.expect == {"ml.incident.opened"}
+    # One automation bucket per incident: with one shared bucket, Prefect fired for only
+    # some of the incidents' events when an alert storm opened them together.
+    assert trigger.for_each == {"related:incident:prefect.resource.id"}
     params = trigger.parameters["request"]
     # Without default(), an event missing the field makes Prefect drop the run (InvalidJinja).
     assert all("| default(" in v for v in params.values())
