@@ -19,8 +19,8 @@ def test_triggers_validate_and_default_missing_payload_fields() -> None:
     deployments = {d.name: d for d in runner_deployments()}
     (trigger,) = deployments["triage"].triggers
     assert trigger.expect == {"ml.incident.opened"}
-    # One automation bucket per incident: with one shared bucket, Prefect fired for only
-    # some of the incidents' events when an alert storm opened them together.
+    # One automation bucket per incident: with one shared bucket, Prefect fired fewer times
+    # than events arrived when an alert storm opened many incidents together.
     assert trigger.for_each == {"related:incident:prefect.resource.id"}
     params = trigger.parameters["request"]
     # Without default(), an event missing the field makes Prefect drop the run (InvalidJinja).
