@@ -13,7 +13,6 @@ The file and table contract is in docs/checks.md.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +33,10 @@ from checks.sweep import (
     evaluate,
 )
 from runbooks.policy import SeverityRule
-from runbooks.settings import get_settings
+from runbooks.settings import DEFAULT_INTAKE_URL, Settings, get_settings
 from tasks import incident_store as store
 from tasks.retry import BACKOFF, retry_when, transient_http
 
-DEFAULT_INTAKE_URL = "http://127.0.0.1:8080"
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 PAGE = 500
 
@@ -226,7 +224,8 @@ def monitoring_sweep(request: SweepRequest) -> SweepSummary:
 
 def intake_url(request: SweepRequest) -> str:
     return (
-        request.intake_url or os.environ.get("RUNBOOKS_INTAKE_URL") or DEFAULT_INTAKE_URL
+        # Settings() and not the cached get_settings(): read the environment of this run.
+        request.intake_url or Settings().intake_url
     ).rstrip("/")
 
 
@@ -234,8 +233,8 @@ def open_metric_source(request: SweepRequest) -> DirectorySource | SqlSource:
     """The request's source, else the environment's; a sweep with none fails, naming both."""
     directory, sql_url = request.source, request.sql_url
     if not directory and not sql_url:
-        directory = os.environ.get("RUNBOOKS_SWEEP_SOURCE", "")
-        sql_url = os.environ.get("RUNBOOKS_SWEEP_SQL_URL", "")
+        env = Settings()
+        directory, sql_url = env.sweep_source, env.sweep_sql_url
     if directory and sql_url:
         raise SweepConfigError(
             "both RUNBOOKS_SWEEP_SOURCE and RUNBOOKS_SWEEP_SQL_URL are set; unset one, or "

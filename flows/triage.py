@@ -18,6 +18,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows.containment import ContainmentRequest, contain, flow_run_id
+from runbooks.incidents import confidence_from
 from runbooks.policy import KubernetesTarget, ModelPolicy, Policy, load_policy
 from runbooks.routing import criticality, oncall_now, route
 from runbooks.severity import RANK, Assessment, assess
@@ -186,11 +187,7 @@ def _magnitude(a: Assessment | None) -> float | None:
 
 
 def _confidence(incident: dict, policy: Policy) -> float | None:
-    name = policy.labels.confidence
-    for a in firing_alerts(incident):
-        raw = a["labels"].get(name) or a["annotations"].get(name)
-        try:
-            return float(raw) if raw else None
-        except ValueError:
-            return None
-    return None
+    alerts = firing_alerts(incident)
+    if not alerts:
+        return None
+    return confidence_from(alerts[0]["labels"], alerts[0]["annotations"], policy)

@@ -259,8 +259,16 @@ class _Batch:
 
 
 def confidence_of(a: AlertIn, policy: Policy) -> float | None:
+    return confidence_from(a.labels, a.annotations, policy)
+
+
+def confidence_from(
+    labels: dict[str, str], annotations: dict[str, str], policy: Policy
+) -> float | None:
+    """The monitor's confidence in [0, 1], from the policy's label (or annotation) name;
+    None when absent or not a fraction. The intake and triage read it alike."""
     name = policy.labels.confidence
-    raw = a.labels.get(name, a.annotations.get(name))
+    raw = labels.get(name, annotations.get(name))
     try:
         value = float(raw) if raw not in (None, "") else None
     except ValueError:

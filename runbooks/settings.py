@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_HOME = Path.home() / ".runbooks"
 
 
+DEFAULT_INTAKE_URL = "http://127.0.0.1:8080"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNBOOKS_", extra="ignore")
 
@@ -41,6 +44,15 @@ class Settings(BaseSettings):
     kube_context: str | None = Field(None, description="kubeconfig context to use.")
     kube_host: str | None = Field(
         None, description="Kubernetes API URL; overrides kubeconfig and in-cluster config."
+    )
+    intake_url: str = Field(
+        DEFAULT_INTAKE_URL, description="The intake the monitoring sweep posts its alerts to."
+    )
+    sweep_source: str = Field(
+        "", description="Directory of metric tables (CSV/Parquet) the monitoring sweep reads."
+    )
+    sweep_sql_url: str = Field(
+        "", description="SQLAlchemy URL of a database of metric tables the sweep reads."
     )
     slack_token: str = Field("", description="Slack bot token; empty disables Slack.")
     slack_base_url: str = Field("https://slack.com/api/", description="Slack Web API URL.")
