@@ -252,7 +252,7 @@ def test_served_sweep_deployment_runs_every_five_minutes(stack: dict) -> None:
 
     def served() -> dict | None:
         r = httpx.get(
-            f"{stack['api']}/deployments/name/monitoring-sweep/monitoring-sweep", timeout=5
+            f"{stack['api']}/deployments/name/monitoring-sweep/monitoring-sweep", timeout=30
         )
         return r.json() if r.status_code == 200 else None
 
@@ -267,21 +267,21 @@ def test_served_sweep_raises_through_the_served_intake(stack: dict, tmp_path: Pa
     write_f1(tmp_path / "served-sw", [*HEALTHY_F1, 0.5])
     api = stack["api"]
     deployment = httpx.get(
-        f"{api}/deployments/name/monitoring-sweep/monitoring-sweep", timeout=5
+        f"{api}/deployments/name/monitoring-sweep/monitoring-sweep", timeout=30
     ).json()
     params = {"request": {"source": str(tmp_path), "intake_url": stack["intake"]}}
     run_id = httpx.post(
         f"{api}/deployments/{deployment['id']}/create_flow_run",
         json={"parameters": params},
-        timeout=5,
+        timeout=30,
     ).json()["id"]
 
     def finished() -> dict | None:
-        r = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
+        r = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
         return r if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") else None
 
     assert wait_for(finished, 90, what="the served sweep run")["state_type"] == "COMPLETED"
-    r = httpx.get(f"{stack['intake']}/api/v1/incidents", params={"model": "served-sw"}, timeout=5)
+    r = httpx.get(f"{stack['intake']}/api/v1/incidents", params={"model": "served-sw"}, timeout=30)
     (incident,) = r.json()["items"]
     assert incident["alerts"][0]["source"] == "sweep"
 
