@@ -37,7 +37,8 @@ def insert_rows(
 
 
 def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ids: bool) -> list[int]:
-    names = list(rows[0])
+    keys = list(rows[0])
+    names = keys
     raw: Any = conn.connection.driver_connection
     new_ids: list[int] = []
     if ids:
@@ -55,6 +56,6 @@ def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ids:
     with raw.cursor() as cur, cur.copy(sql) as copy:
         for i, row in enumerate(rows):
             # orjson: encoding the label sets was the costliest part of a row.
-            values = [orjson.dumps(row[n]).decode() if n in as_json else row[n] for n in rows[0]]
+            values = [orjson.dumps(row[k]).decode() if k in as_json else row[k] for k in keys]
             copy.write_row([new_ids[i], *values] if ids else values)
     return new_ids

@@ -343,7 +343,7 @@ def _prepare(
     ]
     rules = policy.suppression.rules()
     names = _source_names(rules)
-    return _Batch(
+    batch = _Batch(
         session=session,
         policy=policy,
         now=now,
@@ -354,8 +354,11 @@ def _prepare(
         windows=[w for w in policy.suppression.windows() if w.schedule.occurrence(now)],
         rules=rules,
         source_names=names,
-        sources=_inhibition_sources(conn, rules, names),
+        sources=[],
     )
+    for labels in _firing_labels(conn, rules, names):
+        batch.may_inhibit(labels)
+    return batch
 
 
 _SILENCES = sa_select(SilenceRow.__table__).where(  # type: ignore[attr-defined]
@@ -374,21 +377,18 @@ def _source_names(rules: list[sup.InhibitRule]) -> set[str] | None:
     return names
 
 
-def _inhibition_sources(
+def _firing_labels(
     conn: Any, rules: list[sup.InhibitRule], names: set[str] | None
 ) -> list[dict[str, str]]:
-    """Firing alerts that could inhibit: narrowed by alertname when every rule names one."""
+    """Stored firing alerts that could inhibit: narrowed by alertname when every rule names
+    one (the batch's may_inhibit then checks each against the rules' source matchers)."""
     if not rules:
         return []
     t = Alert.__table__.c  # type: ignore[attr-defined]
     q = sa_select(t.labels).where(t.status == "firing")
     if names is not None:
         q = q.where(t.alertname.in_(sorted(names)))
-    return [
-        dict(labels)
-        for labels in conn.execute(q).scalars()
-        if any(sup.matches(r.source_matchers, labels) for r in rules)
-    ]
+    return list(conn.execute(q).scalars())
 
 
 def ingest(
@@ -545,7 +545,7 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
         and opened is not None
         and (muted is not None or opened.suppressed_reason is None)
     ):
-        return _join(b, a, c, opened, muted)
+        return _join(b, a, c, slot, opened, muted)
 
     # Opening an incident, recording a resolved alert, re-opening: rare, so plain ORM.
     _write_new(b)
@@ -608,7 +608,12 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
 
 
 def _join(
-    b: _Batch, a: AlertIn, c: Classification, incident: _Open, muted: sup.Suppression | None
+    b: _Batch,
+    a: AlertIn,
+    c: Classification,
+    slot: tuple[str, datetime],
+    incident: _Open,
+    muted: sup.Suppression | None,
 ) -> Ingested:
     """The storm's common case: a new firing alert joins an open incident. Kept as plain
     values and inserted with the rest of the post in _finish (ORM objects and a flush per
@@ -619,7 +624,7 @@ def _join(
     new = _New(
         values={
             "fingerprint": a.fingerprint,
-            "starts_at": _aware(a.starts_at),
+            "starts_at": slot[1],
             "ends_at": a.ends_at,
             "status": a.status,
             "model": a.model,
@@ -638,7 +643,7 @@ def _join(
         loud=muted is None,
     )
     b.new.append(new)
-    b.known[(a.fingerprint, _aware(a.starts_at))] = _Known(0, a.status, reason, incident.id, new)
+    b.known[slot] = _Known(0, a.status, reason, incident.id, new)
     return item
 
 
@@ -736,20 +741,16 @@ def _create_incident(
     session: Session, a: AlertIn, key: str, c: Classification
 ) -> tuple[Incident, str]:
     summary = a.annotations.get("summary") or f"{a.alertname} on {a.model}"
-    now = utcnow()
-    values = {
-        "model": a.model,
-        "title": summary,
-        "status": IncidentStatus.OPEN.value,
-        "group_key": key,
-        "open_group_key": key,
-        "source": a.source,
-        "description": "",
-        "type": c.type,
-        "category": c.category,
-        "opened_at": now,
-        "updated_at": now,
-    }
+    # The model fills its own defaults (status, opened_at...); unset columns stay NULL.
+    values = Incident(
+        model=a.model,
+        title=summary,
+        group_key=key,
+        open_group_key=key,
+        source=a.source,
+        type=c.type,
+        category=c.category,
+    ).model_dump(exclude={"id"}, exclude_none=True)
     session.flush()
     # ON CONFLICT DO NOTHING: when a concurrent post opened this group a moment ago, join
     # its incident. (With a savepoint and an IntegrityError per collision, the colliding
