@@ -33,7 +33,10 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deployments.local import (  # noqa: E402
+    PG_ADMIN,
     ManagedProcess,
+    create_prefect_database,
+    drop_prefect_database,
     free_port,
     prefect_env,
     start_prefect_server,
@@ -41,7 +44,6 @@ from deployments.local import (  # noqa: E402
 )
 from runbooks.store import get_engine  # noqa: E402
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MODELS = 20
 # Three metrics -> three incident types per model: 60 groups under the default policy.
 METRICS = [("f1_score", "0.55", "ModelF1Low"), ("psi", "0.45", "FeatureDrift"),
@@ -150,9 +152,9 @@ def main() -> None:
     schema = None
     if args.store == "postgresql":
         schema = f"storm_{uuid.uuid4().hex[:8]}"
-        with sa.create_engine(PG).begin() as c:
+        with sa.create_engine(PG_ADMIN).begin() as c:
             c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        db = f"{PG}?options=-csearch_path%3D{schema}"
+        db = f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
     else:
         db = f"sqlite:///{home / 'incidents.db'}"
     pport, iport = free_port(), free_port()
@@ -160,11 +162,7 @@ def main() -> None:
     prefect_db = None
     if args.prefect_postgres:
         prefect_db = f"prefect_storm_{pport}"
-        with sa.create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {prefect_db}"))
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
-            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}"
-        )
+        create_prefect_database(env, prefect_db)
     env.update(
         {
             "RUNBOOKS_HOME": str(home),
@@ -178,7 +176,7 @@ def main() -> None:
             intake_only(home, env, iport, db, args)
         finally:
             if schema:
-                with sa.create_engine(PG).begin() as c:
+                with sa.create_engine(PG_ADMIN).begin() as c:
                     c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         return
     server = start_prefect_server(home, env, pport)
@@ -241,11 +239,10 @@ def main() -> None:
         serve.stop()
         server.stop()
         if prefect_db:
-            with sa.create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
-                c.execute(sa.text(f"DROP DATABASE {prefect_db} WITH (FORCE)"))
+            drop_prefect_database(prefect_db)
         if schema:
             get_engine(db).dispose()
-            with sa.create_engine(PG).begin() as c:
+            with sa.create_engine(PG_ADMIN).begin() as c:
                 c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         if args.keep:
             print(f"  logs kept in {home}")

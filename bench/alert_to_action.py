@@ -23,12 +23,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import sqlalchemy as sa
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deployments.local import (  # noqa: E402
+    create_prefect_database,
+    drop_prefect_database,
     free_port,
     prefect_env,
     start_prefect_server,
@@ -36,8 +37,6 @@ from deployments.local import (  # noqa: E402
 )
 from runbooks.store import session_scope  # noqa: E402
 from sandbox.platform import SandboxPlatform  # noqa: E402
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def ts(text: str) -> float:
@@ -73,11 +72,7 @@ def main(n: int = 20) -> None:
     pg_db = None
     if "--prefect-postgres" in sys.argv:
         pg_db = f"prefect_bench_{pport}"
-        with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {pg_db}"))
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
-            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_db}"
-        )
+        create_prefect_database(env, pg_db)
     env.update(
         {
             "RUNBOOKS_HOME": str(home),
@@ -125,8 +120,7 @@ def main(n: int = 20) -> None:
         platform.stop()
         shutil.rmtree(home, ignore_errors=True)
         if pg_db:
-            with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
-                c.execute(sa.text(f"DROP DATABASE {pg_db} WITH (FORCE)"))
+            drop_prefect_database(pg_db)
 
     lat = [r["latency"] for r in rows]
     where = "PostgreSQL" if pg_db else "SQLite"

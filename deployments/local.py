@@ -85,6 +85,29 @@ class ManagedProcess:
         self._fh.close()
 
 
+# The benches' PostgreSQL (trust auth on this machine, as in CI): an admin connection to
+# create and drop a database for a Prefect server.
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def create_prefect_database(env: dict[str, str], name: str) -> None:
+    """A new PostgreSQL database `name` for the Prefect server that `env` starts."""
+    import sqlalchemy as sa  # here: the demo and the CLI never need it
+
+    with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {name}"))
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
+        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    )
+
+
+def drop_prefect_database(name: str) -> None:
+    import sqlalchemy as sa
+
+    with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
 def prefect_env(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(base if base is not None else os.environ)
     env.update(
