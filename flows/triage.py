@@ -70,11 +70,18 @@ def triage(request: TriageRequest) -> str:
         magnitude=_magnitude(assessment),
         confidence=_confidence(incident, policy),
     )
-    runbook_note = (
-        f"runbook {decision.runbook} runs next"
-        if decision.runbook
-        else "no automated runbook for this strategy yet: the assignee runs it by hand"
-    )
+    # A re-triage (an escalation, or by hand) does not start a second containment: the
+    # first decision started one, and two at once would ask twice and act twice.
+    started_before = request.retriage and incident["strategy"] in CONTAINS
+    if not decision.runbook:
+        runbook_note = "no automated runbook for this strategy yet: the assignee runs it by hand"
+    elif started_before and decision.strategy in CONTAINS:
+        runbook_note = (
+            f"runbook {decision.runbook} not started again: the first triage started it "
+            f"({incident['strategy']}); start the containment deployment by hand to rerun it"
+        )
+    else:
+        runbook_note = f"runbook {decision.runbook} runs next"
     store.record_triage(
         incident["id"],
         {
@@ -95,6 +102,7 @@ def triage(request: TriageRequest) -> str:
             f"backups {', '.join(routed.backups) or 'none'}; "
             f"channels {', '.join(routed.channels) or 'none'}",
         ],
+        max((a["id"] for a in incident["alerts"]), default=0),
     )
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
     pending = False
@@ -117,7 +125,7 @@ def triage(request: TriageRequest) -> str:
             "skip",
             f"suppressed ({incident['suppressed_reason']}): no runbook started",
         )
-    elif decision.strategy in CONTAINS and request.start_runbook:
+    elif decision.strategy in CONTAINS and request.start_runbook and not started_before:
         outcome = contain(ContainmentRequest(incident_id=incident["id"], dry_run=request.dry_run))
     if pending:
         store.record_enrichment(incident["id"], enrichment.result().to_dict(), _lines(enrichment))

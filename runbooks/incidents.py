@@ -41,6 +41,7 @@ from runbooks.models import (
 )
 from runbooks.models import Silence as SilenceRow
 from runbooks.policy import Policy
+from runbooks.severity import RANK, assess
 from runbooks.taxonomy import Classification, classify
 
 ORDER = [s.value for s in IncidentStatus]
@@ -190,12 +191,13 @@ class _Open:
     model: str
     row_last_alert_at: datetime | None
     row_suppressed_reason: str | None
+    row_severity: str | None
     orm: Incident | None = None
 
     @classmethod
     def of(cls, incident: Incident) -> _Open:
         assert incident.id is not None
-        return cls(incident.id, incident.model, incident.last_alert_at, None, incident)
+        return cls(incident.id, incident.model, incident.last_alert_at, None, None, incident)
 
     @property
     def last_alert_at(self) -> datetime | None:
@@ -204,6 +206,21 @@ class _Open:
     @property
     def suppressed_reason(self) -> str | None:
         return self.orm.suppressed_reason if self.orm else self.row_suppressed_reason
+
+    @property
+    def severity(self) -> str | None:
+        return self.orm.severity if self.orm else self.row_severity
+
+
+@dataclass
+class _Escalation:
+    """A joining alert worse than its incident's triaged severity (say P2 -> P1)."""
+
+    incident: _Open
+    was: str
+    to: str
+    why: str
+    alert: str
 
 
 @dataclass
@@ -225,6 +242,7 @@ class _Batch:
     quiet_since: dict[int, datetime | None] = field(default_factory=dict)
     new: list[_New] = field(default_factory=list)
     touched: dict[int, _Open] = field(default_factory=dict)
+    escalations: dict[int, _Escalation] = field(default_factory=dict)
 
     def suppression(self, a: AlertIn) -> sup.Suppression | None:
         if self.quiet:
@@ -251,6 +269,21 @@ class _Batch:
     def touch(self, incident: _Open) -> None:
         self.quiet_since.setdefault(incident.id, incident.last_alert_at)
         self.touched[incident.id] = incident
+
+    def escalate_if_worse(self, incident: _Open, a: AlertIn) -> None:
+        """Note an unmuted alert that is worse than what triage decided for its incident.
+        Before triage there is nothing to compare with: triage reads the worst alert."""
+        stored = incident.severity
+        noted = self.escalations.get(incident.id)
+        worst = noted.to if noted else stored
+        if stored is None or worst not in ("P2", "P3") or incident.suppressed_reason is not None:
+            return  # P1 is the top; a muted incident pages nobody
+        found = assess(a.labels, a.annotations, self.policy)
+        if RANK[found.severity] < RANK[worst]:
+            why = "; ".join(found.reasons)
+            self.escalations[incident.id] = _Escalation(
+                incident, stored, found.severity, why, _name(a)
+            )
 
     def orm(self, incident: _Open) -> Incident:
         if incident.orm is None:
@@ -293,7 +326,8 @@ _LOOKUPS = {
         {"starts_at": UTCDateTime},
     ),
     "incidents": (
-        "SELECT id, model, open_group_key, last_alert_at, suppressed_reason FROM incident "
+        "SELECT id, model, open_group_key, last_alert_at, suppressed_reason, severity "
+        "FROM incident "
         "WHERE open_group_key IN ({keys})",
         {"last_alert_at": UTCDateTime},
     ),
@@ -326,7 +360,7 @@ def _prepare(
     open_incidents: dict[str, _Open] = {}
     for r in conn.execute(_lookup(conn, "incidents"), {"keys": json.dumps(sorted(set(keys)))}):
         open_incidents[r.open_group_key] = _Open(
-            r.id, r.model, r.last_alert_at, r.suppressed_reason
+            r.id, r.model, r.last_alert_at, r.suppressed_reason, r.severity
         )
     silences = [
         sup.Silence.model_validate(
@@ -479,16 +513,112 @@ def _finish(b: _Batch) -> None:
         if incident.last_alert_at is None
         or (b.now - _aware(incident.last_alert_at)).total_seconds() >= TOUCH_EVERY_SECONDS
     ]
-    if due:
-        # Last, and in id order: concurrent posts lock the same hot incident rows, briefly
-        # and always in the same order (PostgreSQL deadlocked on the per-alert updates).
-        b.session.execute(sa_update(Incident), due)
-        for row in due:
+    # Last, and in id order: concurrent posts lock the same hot incident rows, briefly and
+    # always in the same order (PostgreSQL deadlocked on the per-alert updates). The rare
+    # escalation takes its place in that order.
+    for rows in _runs_between(due, b.escalations):
+        if isinstance(rows, _Escalation):
+            _escalate(b, rows)
+            continue
+        b.session.execute(sa_update(Incident), rows)
+        for row in rows:
             incident = b.touched[row["id"]]
             incident.row_last_alert_at = b.now
             if incident.orm is not None:
                 set_committed_value(incident.orm, "last_alert_at", b.now)
                 set_committed_value(incident.orm, "updated_at", b.now)
+
+
+def _runs_between(
+    due: list[dict[str, Any]], escalations: dict[int, _Escalation]
+) -> list[list[dict[str, Any]] | _Escalation]:
+    """The clock updates in id order, cut where an escalated incident sits."""
+    steps: list[list[dict[str, Any]] | _Escalation] = []
+    run: list[dict[str, Any]] = []
+    ids = sorted({row["id"] for row in due} | set(escalations))
+    by_id = {row["id"]: row for row in due}
+    for i in ids:
+        if i in escalations:
+            if run:
+                steps.append(run)
+                run = []
+            steps.append(escalations[i])
+        if i in by_id:
+            run.append(by_id[i])
+    if run:
+        steps.append(run)
+    return steps
+
+
+def _escalate(b: _Batch, e: _Escalation) -> None:
+    """Raise the incident's severity and ask triage to decide again, once: the UPDATE only
+    matches the severity this post read, so a concurrent post escalating the same incident
+    (or a re-triage that got there first) finds nothing to do."""
+    moved = b.session.execute(
+        sa_update(Incident)
+        .where(col(Incident.id) == e.incident.id, col(Incident.severity) == e.was)
+        .values(severity=e.to, updated_at=b.now)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:
+        return
+    e.incident.row_severity = e.to
+    if e.incident.orm is not None:
+        set_committed_value(e.incident.orm, "severity", e.to)
+    announce_escalation(b.session, e.incident, e.was, e.to, e.why, f"{e.alert} joined")
+
+
+def escalate_for_later_alerts(
+    session: Session, incident: Incident, after_alert_id: int, policy: Policy
+) -> str | None:
+    """Triage decided from the alerts it read; alerts that joined meanwhile met an incident
+    with no severity yet, so the intake could not compare them. Compare them now, and
+    escalate (once, to the worst) if one is worse than the decision. Returns the new
+    severity, or None."""
+    if incident.severity not in RANK:
+        return None
+    t = Alert.__table__.c  # type: ignore[attr-defined]
+    rows = session.execute(
+        sa_select(t.alertname, t.fingerprint, t.labels, t.annotations).where(
+            t.incident_id == incident.id,
+            t.id > after_alert_id,
+            t.status == "firing",
+            t.suppressed_reason.is_(None),
+        )
+    ).all()
+    worst: tuple[Any, Any] | None = None
+    for row in rows:
+        found = assess(row.labels, row.annotations, policy)
+        bar = worst[0].severity if worst else incident.severity
+        if RANK[found.severity] < RANK[bar]:
+            worst = (found, row)
+    if worst is None:
+        return None
+    found, row = worst
+    was, incident.severity = incident.severity, found.severity
+    session.add(incident)
+    what = f"alert {row.alertname} [{row.fingerprint}] joined while triage decided"
+    announce_escalation(session, incident, was, found.severity, "; ".join(found.reasons), what)
+    return found.severity
+
+
+def announce_escalation(
+    session: Session, incident: Incident | _Open, was: str, to: str, why: str, what: str
+) -> None:
+    """The timeline line and the event that starts triage again (prefect.yaml)."""
+    add_timeline(
+        session,
+        incident.id,
+        "intake",
+        "escalated",
+        f"severity {was} -> {to}: {why} ({what}); triage decides again",
+    )
+    enqueue_event(
+        session,
+        "ml.incident.escalated",
+        incident,
+        {"severity": to, "previous": was, "status": "firing"},
+    )
 
 
 def _refingerprint(a: AlertIn, names: list[str]) -> AlertIn:
@@ -534,6 +664,7 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
             incident = session.get(Incident, existing.incident_id)
             if incident is not None and is_active(incident):
                 add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} fires again")
+                b.escalate_if_worse(_Open.of(incident), a)
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
@@ -582,6 +713,8 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     row.incident_id = incident.id
     session.add(row)
     b.touch(opened)
+    if outcome == "joined" and muted is None:
+        b.escalate_if_worse(opened, a)
     session.flush()
     b.known[slot] = _Known(row.id, row.status, row.suppressed_reason, row.incident_id)
     data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
@@ -620,6 +753,8 @@ def _join(
     alert were most of the intake's time)."""
     reason = muted.reason if muted else None
     b.touch(incident)
+    if muted is None:
+        b.escalate_if_worse(incident, a)
     item = Ingested(0, incident.id, "joined", reason)
     new = _New(
         values={

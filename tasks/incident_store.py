@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
 from runbooks import incidents
-from runbooks.models import Action, Alert, Approval, Incident, utcnow
+from runbooks.models import Action, Alert, Approval, Incident, IncidentStatus, utcnow
 from runbooks.policy import Policy, load_policy
 from runbooks.settings import get_settings
 from runbooks.store import session_scope
@@ -68,8 +68,14 @@ def set_incident_status(incident_id: int, status: str, actor: str, why: str) -> 
 
 
 @task(**_retry)
-def record_triage(incident_id: int, decision: dict[str, Any], reasons: list[str]) -> None:
-    """The triage decision (severity, type, strategy, route...) and why, in one commit."""
+def record_triage(
+    incident_id: int, decision: dict[str, Any], reasons: list[str], last_alert_read: int = 0
+) -> str | None:
+    """The triage decision (severity, type, strategy, route...) and why, in one commit.
+
+    Returns the severity it escalated to when an alert that joined after triage read the
+    incident (id above `last_alert_read`) is worse than the decision; None otherwise.
+    """
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)
         for key, value in decision.items():
@@ -77,7 +83,9 @@ def record_triage(incident_id: int, decision: dict[str, Any], reasons: list[str]
         s.add(incident)
         for why in reasons:
             incidents.add_timeline(s, incident_id, "triage", "decision", why)
-        if incidents.is_active(incident):
+        # Only an open incident becomes triaged: a re-triage of one already under
+        # containment records the new decision and leaves its status where it is.
+        if incident.status == IncidentStatus.OPEN:
             incidents.transition(
                 s,
                 incident,
@@ -85,6 +93,7 @@ def record_triage(incident_id: int, decision: dict[str, Any], reasons: list[str]
                 "triage",
                 f"{decision['severity']} {decision['type']}, strategy {decision['strategy']}",
             )
+        return incidents.escalate_for_later_alerts(s, incident, last_alert_read, policy())
 
 
 @task(**_retry)

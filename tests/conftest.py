@@ -135,7 +135,9 @@ def kube() -> Iterator[KubeEmulator]:
 def sandbox():  # type: ignore[no-untyped-def]
     from sandbox.platform import SandboxPlatform
 
-    with SandboxPlatform(models=["fraud-v3", "churn", "pricing", "scaled"], serve="v1") as platform:
+    with SandboxPlatform(
+        models=["fraud-v3", "churn", "pricing", "scaled", "ranker"], serve="v1"
+    ) as platform:
         yield platform
 
 
@@ -164,7 +166,7 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
             "target": {"kind": "kubernetes", "namespace": "ml-prod", "service": name},
             "recovery": recovery,
         }
-        for name in ("fraud-v3", "churn", "pricing")
+        for name in ("fraud-v3", "churn", "pricing", "ranker")
     }
     base["models"]["scaled"] = {
         "target": {

@@ -9,6 +9,7 @@ import pytest
 from sqlmodel import select
 
 from flows.containment import ContainmentRequest, contain
+from flows.triage import TriageRequest, triage
 from runbooks import incidents
 from runbooks.alerts import AlertIn
 from runbooks.models import Action, Incident, TimelineEvent
@@ -121,3 +122,22 @@ def test_second_incident_of_a_model_waits_for_lock_and_cooldown(stack: dict, kub
     assert contain(ContainmentRequest(incident_id=other)) == "cooldown"
     assert any("cooldown has" in m for m in timeline_of(other))
     assert actions_of(other) == []
+
+
+def test_retriage_under_containment_decides_again_and_does_not_contain_twice(stack: dict) -> None:  # type: ignore[no-untyped-def]
+    incident_id = open_incident("retriaged")
+    with session_scope(get_settings().resolved_database_url()) as s:
+        row = s.get(Incident, incident_id)
+        row.strategy, row.triage_run = "immediate_rollback", "the-first-triage"
+        incidents.transition(s, row, "triaged", "triage", "P1, immediate_rollback")
+        incidents.transition(s, row, "investigating", "containment", "containing")
+
+    assert triage(TriageRequest(incident_id=incident_id, retriage=True)) == "immediate_rollback"
+    with session_scope(get_settings().resolved_database_url()) as s:
+        row = s.get(Incident, incident_id)
+        # The decision is recorded; the status does not go back from investigating.
+        assert row.status == "investigating" and row.triage_run != "the-first-triage"
+    messages = timeline_of(incident_id)
+    assert any("not started again: the first triage started it" in m for m in messages)
+    assert actions_of(incident_id) == []
+    assert not any("no target for model" in m for m in messages)  # contain() never ran

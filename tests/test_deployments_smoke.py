@@ -17,14 +17,20 @@ def test_every_entrypoint_in_prefect_yaml_imports_as_a_flow() -> None:
 
 def test_triggers_validate_and_default_missing_payload_fields() -> None:
     deployments = {d.name: d for d in runner_deployments()}
-    (trigger,) = deployments["triage"].triggers
-    assert trigger.expect == {"ml.incident.opened"}
-    # One automation bucket per incident: with one shared bucket, Prefect fired fewer times
-    # than events arrived when an alert storm opened many incidents together.
-    assert trigger.for_each == {"related:incident:prefect.resource.id"}
-    params = trigger.parameters["request"]
-    # Without default(), an event missing the field makes Prefect drop the run (InvalidJinja).
-    assert all("| default(" in v for v in params.values())
+    opened, escalated = deployments["triage"].triggers
+    assert opened.expect == {"ml.incident.opened"}
+    assert escalated.expect == {"ml.incident.escalated"}
+    for trigger in (opened, escalated):
+        # One automation bucket per incident: with one shared bucket, Prefect fired fewer
+        # times than events arrived when an alert storm opened many incidents together.
+        assert trigger.for_each == {"related:incident:prefect.resource.id"}
+        params = trigger.parameters["request"]
+        # Without default(), an event missing the field makes Prefect drop the run
+        # (InvalidJinja).
+        assert all("| default(" in v for v in params.values() if isinstance(v, str))
+    # An escalation decides again on an incident that was triaged already.
+    assert "retriage" not in opened.parameters["request"]
+    assert escalated.parameters["request"]["retriage"] is True
 
 
 def test_flow_parameters_are_one_typed_model_for_the_ui_form() -> None:

@@ -121,3 +121,48 @@ def test_resolved_alert_never_triggers_rollback_even_after_approval(
     assert view["actions"] == []
     assert core.read_namespaced_service("churn", "ml-prod").spec.selector["version"] == "v2"
     assert any("approved by alice" in e["message"] for e in view["timeline"])
+
+
+def test_a_worse_alert_escalates_the_incident_and_the_retriage_contains(stack: dict, kube) -> None:  # type: ignore[no-untyped-def]
+    core, apps = kube.clients()
+    make_model(core, apps, "ml-prod", "ranker", serving="v2")
+
+    def send(value: float, instance: str) -> None:
+        body = {
+            "model": "ranker",
+            "alertname": "ModelF1Low",
+            "metric": "f1_score",
+            "value": value,
+            "labels": {"instance": instance, "version": "v2"},
+        }
+        httpx.post(f"{stack['intake']}/api/v1/alerts", json=body, timeout=10).raise_for_status()
+
+    send(0.70, "a")  # exactly 0.70 and no baseline: P3, investigate before acting
+    first = wait_for(
+        lambda: (v := incident_of(stack["intake"], "ranker")) and v["severity"] and v,
+        timeout=120,
+        what="first triage",
+    )
+    assert (first["severity"], first["strategy"], first["actions"]) == (
+        "P3",
+        "investigation_first",
+        [],
+    )
+
+    send(0.60, "b")  # below 0.70: P1 joins the P3 incident
+    view = wait_for(
+        lambda: (
+            (v := incident_of(stack["intake"], "ranker"))
+            and v["actions"]
+            and v["actions"][0]["status"] == "done"
+            and v
+        ),
+        timeout=150,
+        what="containment started by the re-triage",
+    )
+    assert view["id"] == first["id"]
+    assert (view["severity"], view["strategy"]) == ("P1", "immediate_rollback")
+    assert core.read_namespaced_service("ranker", "ml-prod").spec.selector["version"] == "v1"
+    messages = [e["message"] for e in view["timeline"]]
+    assert any(m.startswith("severity P3 -> P1: P1 because f1_score=0.6 < 0.7") for m in messages)
+    assert [a["kind"] for a in view["actions"]] == ["route_to_previous_version"]

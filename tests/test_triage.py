@@ -472,3 +472,115 @@ def test_silence_command_line_against_the_served_intake(stack: dict, capsys) -> 
     assert cli(["silence", "--url", url, "expire", sid]) == 0
     assert cli(["silence", "--url", url, "query", "--state", "expired"]) == 0
     assert sid in capsys.readouterr().out
+
+
+# --- escalation: a worse alert joins a triaged incident ------------------------------------
+
+
+def triaged_as(url: str, incident_id: int, severity: str) -> None:
+    """What the triage run records (tasks.incident_store.record_triage), as of here."""
+    with session_scope(url) as s:
+        row = s.get(Incident, incident_id)
+        row.severity = severity
+        s.add(row)
+
+
+def escalations(url: str, incident_id: int) -> list[dict]:
+    with session_scope(url) as s:
+        rows = s.exec(select(OutboxEvent).where(OutboxEvent.event == "ml.incident.escalated"))
+        return [r.payload for r in rows if r.payload["incident_id"] == incident_id]
+
+
+def escalated_lines(url: str, incident_id: int) -> list[str]:
+    with session_scope(url) as s:
+        rows = s.exec(
+            select(TimelineEvent).where(
+                TimelineEvent.incident_id == incident_id, TimelineEvent.kind == "escalated"
+            )
+        )
+        return [r.message for r in rows]
+
+
+def churn(value: float, instance: str, **kw: object) -> dict:
+    return f1("churn", value=value, labels={"instance": instance}, **kw)
+
+
+def test_a_worse_alert_escalates_a_triaged_incident_once(db_url: str) -> None:
+    iid = post(db_url, POLICY, [churn(0.72, "a", baseline=0.90)], T0).items[0].incident_id
+    # Before triage there is nothing to compare with: triage itself reads the worst alert.
+    post(db_url, POLICY, [churn(0.6, "early")], T0 + timedelta(seconds=1))
+    assert escalations(db_url, iid) == [] and incident(db_url, iid).severity is None
+
+    triaged_as(db_url, iid, "P2")
+    same = churn(0.75, "b", baseline=0.90)  # a 16.7% drop: another P2, nothing to do
+    worse = [churn(0.6, "c"), churn(0.5, "d")]  # P1 twice in the post: one escalation
+    result = post(db_url, POLICY, [same, *worse], T0 + timedelta(seconds=2))
+    assert {i.incident_id for i in result.items} == {iid}
+    assert incident(db_url, iid).severity == "P1"
+    assert escalations(db_url, iid) == [
+        {
+            "incident_id": iid,
+            "model": "churn",
+            "severity": "P1",
+            "previous": "P2",
+            "status": "firing",
+        }
+    ]
+    (line,) = escalated_lines(db_url, iid)
+    assert line.startswith("severity P2 -> P1: P1 because f1_score=0.6 < 0.7")
+    assert line.endswith("joined); triage decides again")
+
+    # P1 is the top: a still worse alert is just another alert of the incident.
+    post(db_url, POLICY, [churn(0.4, "e")], T0 + timedelta(seconds=3))
+    assert len(escalations(db_url, iid)) == 1
+
+
+def test_a_muted_worse_alert_does_not_escalate(db_url: str) -> None:
+    iid = post(db_url, POLICY, [churn(0.70, "a")], T0).items[0].incident_id
+    triaged_as(db_url, iid, "P3")
+    with session_scope(db_url) as s:
+        silence = {
+            "matchers": ['instance="muted"'],
+            "duration": "1h",
+            "createdBy": "alice",
+            "comment": "load test",
+        }
+        add_silence(s, build_silence({**silence, "startsAt": T0.isoformat()}, T0))
+    item = post(db_url, POLICY, [churn(0.5, "muted")], T0 + timedelta(seconds=5)).items[0]
+    assert item.incident_id == iid and item.suppressed
+    assert incident(db_url, iid).severity == "P3" and escalations(db_url, iid) == []
+
+
+def test_concurrent_posts_escalate_once(db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployments.intake import store_alerts
+
+    now = datetime.now(UTC)  # store_alerts reads the clock: open the group in its window
+    iid = post(db_url, POLICY, [churn(0.72, "a", baseline=0.90)], now).items[0].incident_id
+    triaged_as(db_url, iid, "P2")
+    posts = [parse_generic([churn(0.6, f"p{k}-{n}") for n in range(5)], now) for k in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda alerts: store_alerts(db_url, alerts, POLICY, writers=4), posts))
+    assert incident(db_url, iid).severity == "P1"
+    assert len(escalations(db_url, iid)) == 1 and len(escalated_lines(db_url, iid)) == 1
+
+
+def test_an_alert_that_joined_while_triage_decided_escalates_when_it_records(db_url: str) -> None:
+    iid = post(db_url, POLICY, [churn(0.72, "a", baseline=0.90)], T0).items[0].incident_id
+    with session_scope(db_url) as s:
+        read_up_to = max(a.id for a in s.exec(select(Alert).where(Alert.incident_id == iid)))
+    # Joins after triage read the incident and before it recorded P2: no severity to beat.
+    post(db_url, POLICY, [churn(0.6, "late")], T0 + timedelta(seconds=1))
+    assert escalations(db_url, iid) == []
+    with session_scope(db_url) as s:
+        row = s.get(Incident, iid)
+        row.severity = "P2"
+        assert incidents.escalate_for_later_alerts(s, row, read_up_to, POLICY) == "P1"
+    assert incident(db_url, iid).severity == "P1"
+    assert [e["previous"] for e in escalations(db_url, iid)] == ["P2"]
+    assert "joined while triage decided" in escalated_lines(db_url, iid)[0]
+    # Nothing later than what the re-triage reads: nothing to do.
+    with session_scope(db_url) as s:
+        row = s.get(Incident, iid)
+        assert incidents.escalate_for_later_alerts(s, row, read_up_to, POLICY) is None
