@@ -9,7 +9,7 @@ the event they cause land together or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1061,8 +1061,9 @@ def restage_stalled(
     has_run: Callable[[list[int], datetime], set[int]] | None = None,
 ) -> list[int]:
     """Open incidents whose opening event went out `grace_seconds` ago and started no
-    triage: stage the event again. Prefect can drop an automation firing (seen with its
-    SQLite database under load); this makes sure the runbook starts anyway."""
+    triage, and escalations that started no re-triage: stage the event again. Prefect can
+    drop an automation firing (seen with its SQLite database under load); this makes sure
+    the runbook starts anyway."""
     stalled = session.exec(
         select(Incident).where(
             Incident.status == IncidentStatus.OPEN,
@@ -1071,6 +1072,18 @@ def restage_stalled(
             Incident.opened_at < now - timedelta(seconds=grace_seconds),
         )
     ).all()
+    again = _restage_openings(session, stalled, now, grace_seconds, max_attempts, has_run)
+    return again + _restage_escalations(session, now, grace_seconds, max_attempts, has_run)
+
+
+def _restage_openings(
+    session: Session,
+    stalled: Sequence[Incident],
+    now: datetime,
+    grace_seconds: float,
+    max_attempts: int,
+    has_run: Callable[[list[int], datetime], set[int]] | None,
+) -> list[int]:
     if not stalled:
         return []
     ids = {i.id for i in stalled}
@@ -1114,4 +1127,81 @@ def restage_stalled(
             {"status": "firing", "attempt": len(events) + 1},
         )
         again.append(incident.id)
+    return again
+
+
+def _restage_escalations(
+    session: Session,
+    now: datetime,
+    grace_seconds: float,
+    max_attempts: int,
+    has_run: Callable[[list[int], datetime], set[int]] | None,
+) -> list[int]:
+    """An escalation whose re-triage never started gets its event again, as an opening
+    does: the severity moved, and the strategy and route must follow it."""
+    latest: dict[int, list[OutboxEvent]] = {}
+    for e in session.exec(
+        select(OutboxEvent)
+        .where(
+            OutboxEvent.event == "ml.incident.escalated",
+            OutboxEvent.occurred > now - timedelta(days=1),
+        )
+        .order_by(col(OutboxEvent.id))
+    ):
+        events = latest.setdefault(e.payload["incident_id"], [])
+        if events and events[-1].payload.get("severity") != e.payload.get("severity"):
+            events.clear()  # escalated further: only the latest step asks for a triage
+        events.append(e)
+    due: dict[int, list[OutboxEvent]] = {}
+    for incident_id, events in latest.items():
+        last = max((e.delivered_at for e in events if e.delivered_at), default=None)
+        if any(e.delivered_at is None for e in events) or last is None:
+            continue
+        if len(events) < max_attempts and (now - last).total_seconds() >= grace_seconds:
+            due[incident_id] = events
+    if not due:
+        return []
+    # Triage recorded a decision after the escalation: it was not lost.
+    decided = session.exec(
+        select(TimelineEvent.incident_id, func.max(TimelineEvent.at))
+        .where(
+            col(TimelineEvent.incident_id).in_(list(due)),
+            TimelineEvent.actor == "triage",
+            TimelineEvent.kind == "decision",
+        )
+        .group_by(col(TimelineEvent.incident_id))
+    ).all()
+    for incident_id, at in decided:
+        if at is not None and _aware(at) >= _aware(due[incident_id][0].occurred):
+            del due[incident_id]
+    if due and has_run is not None:
+        first = min(events[0].occurred for events in due.values())
+        for incident_id in has_run(list(due), first):
+            due.pop(incident_id, None)
+    again = []
+    for incident_id, events in sorted(due.items()):
+        incident = session.get(Incident, incident_id)
+        if incident is None or not is_active(incident) or incident.suppressed_reason:
+            continue
+        add_timeline(
+            session,
+            incident_id,
+            "intake",
+            "redelivered",
+            f"no triage started {grace_seconds:g} s after the escalation was delivered; "
+            f"sending it again (attempt {len(events) + 1} of {max_attempts})",
+        )
+        payload = events[0].payload
+        enqueue_event(
+            session,
+            "ml.incident.escalated",
+            incident,
+            {
+                "severity": payload.get("severity"),
+                "previous": payload.get("previous"),
+                "status": "firing",
+                "attempt": len(events) + 1,
+            },
+        )
+        again.append(incident_id)
     return again

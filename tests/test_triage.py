@@ -584,3 +584,42 @@ def test_an_alert_that_joined_while_triage_decided_escalates_when_it_records(db_
     with session_scope(db_url) as s:
         row = s.get(Incident, iid)
         assert incidents.escalate_for_later_alerts(s, row, read_up_to, POLICY) is None
+
+
+def test_an_escalation_whose_retriage_never_started_gets_its_event_again(db_url: str) -> None:
+    from runbooks.models import utcnow
+
+    t = utcnow()
+    iid = post(db_url, POLICY, [churn(0.72, "a", baseline=0.90)], t).items[0].incident_id
+    with session_scope(db_url) as s:
+        assert incidents.claim_triage(s, iid, "the-first-triage") is None
+    triaged_as(db_url, iid, "P2")
+    post(db_url, POLICY, [churn(0.6, "b")], t + timedelta(seconds=1))
+
+    def deliver(at: datetime) -> None:
+        with session_scope(db_url) as s:
+            for e in s.exec(select(OutboxEvent).where(OutboxEvent.delivered_at == None)):  # noqa: E711
+                e.delivered_at = at
+                s.add(e)
+
+    def restage(at: datetime) -> list[int]:
+        with session_scope(db_url) as s:
+            return incidents.restage_stalled(s, at, grace_seconds=60)
+
+    deliver(t + timedelta(seconds=2))
+    assert restage(t + timedelta(seconds=30)) == []  # within the grace
+    assert restage(t + timedelta(seconds=63)) == [iid]
+    assert restage(t + timedelta(seconds=200)) == []  # the new one is not delivered yet
+    sent = escalations(db_url, iid)
+    assert [(e["severity"], e["previous"], e.get("attempt")) for e in sent] == [
+        ("P1", "P2", None),
+        ("P1", "P2", 2),
+    ]
+    deliver(t + timedelta(seconds=201))
+    # The re-triage recorded its decision: nothing more to send.
+    with session_scope(db_url) as s:
+        incidents.add_timeline(
+            s, iid, "triage", "decision", "P1 because ...", at=t + timedelta(seconds=230)
+        )
+    assert restage(t + timedelta(seconds=400)) == []
+    assert len(escalations(db_url, iid)) == 2
