@@ -9,7 +9,7 @@ the event they cause land together or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1064,6 +1064,53 @@ def restage_stalled(
     triage, and escalations that started no re-triage: stage the event again. Prefect can
     drop an automation firing (seen with its SQLite database under load); this makes sure
     the runbook starts anyway."""
+    again = []
+    for due, what in (
+        (_stalled_openings(session, now, grace_seconds, max_attempts), "the event"),
+        (_stalled_escalations(session, now, grace_seconds, max_attempts), "the escalation"),
+    ):
+        for incident, events, payload in _not_queued(due, has_run):
+            n = len(events) + 1
+            add_timeline(
+                session,
+                incident.id,
+                "intake",
+                "redelivered",
+                f"no triage started {grace_seconds:g} s after {what} was delivered; "
+                f"sending it again (attempt {n} of {max_attempts})",
+            )
+            enqueue_event(session, events[0].event, incident, {**payload, "attempt": n})
+            again.append(incident.id)
+    return again
+
+
+# An incident to send an event again for: the sends so far, and the payload to send.
+_Stalled = tuple[Incident, list[OutboxEvent], dict[str, Any]]
+
+
+def _unanswered(events: list[OutboxEvent], now: datetime, grace: float, attempts: int) -> bool:
+    """Every send delivered, the last `grace` seconds ago, and attempts left."""
+    last = max((e.delivered_at for e in events if e.delivered_at), default=None)
+    if last is None or any(e.delivered_at is None for e in events) or len(events) >= attempts:
+        return False
+    return (now - last).total_seconds() >= grace
+
+
+def _not_queued(
+    due: list[_Stalled], has_run: Callable[[list[int], datetime], set[int]] | None
+) -> list[_Stalled]:
+    """A run that exists (since the first of the sends) but waits for a free slot is not
+    lost: leave it be."""
+    if not due or has_run is None:
+        return due
+    first = min(e.occurred for _, events, _ in due for e in events)
+    queued = has_run([incident.id for incident, _, _ in due], first)
+    return [d for d in due if d[0].id not in queued]
+
+
+def _stalled_openings(
+    session: Session, now: datetime, grace_seconds: float, max_attempts: int
+) -> list[_Stalled]:
     stalled = session.exec(
         select(Incident).where(
             Incident.status == IncidentStatus.OPEN,
@@ -1072,18 +1119,6 @@ def restage_stalled(
             Incident.opened_at < now - timedelta(seconds=grace_seconds),
         )
     ).all()
-    again = _restage_openings(session, stalled, now, grace_seconds, max_attempts, has_run)
-    return again + _restage_escalations(session, now, grace_seconds, max_attempts, has_run)
-
-
-def _restage_openings(
-    session: Session,
-    stalled: Sequence[Incident],
-    now: datetime,
-    grace_seconds: float,
-    max_attempts: int,
-    has_run: Callable[[list[int], datetime], set[int]] | None,
-) -> list[int]:
     if not stalled:
         return []
     ids = {i.id for i in stalled}
@@ -1096,49 +1131,18 @@ def _restage_openings(
     ):
         if e.payload.get("incident_id") in ids:
             sent.setdefault(e.payload["incident_id"], []).append(e)
-    due: list[tuple[Incident, list[OutboxEvent]]] = []
-    for incident in stalled:
-        events = sent.get(incident.id, [])
-        last = max((e.delivered_at for e in events if e.delivered_at), default=None)
-        pending = any(e.delivered_at is None for e in events)
-        if pending or last is None or len(events) >= max_attempts:
-            continue
-        if (now - last).total_seconds() >= grace_seconds:
-            due.append((incident, events))
-    if due and has_run is not None:
-        # A run that exists but waits for a free slot is not lost: leave it be.
-        first = min(e.occurred for _, events in due for e in events)
-        queued = has_run([i.id for i, _ in due], first)
-        due = [(i, events) for i, events in due if i.id not in queued]
-    again = []
-    for incident, events in due:
-        add_timeline(
-            session,
-            incident.id,
-            "intake",
-            "redelivered",
-            f"no triage started {grace_seconds:g} s after the event was delivered; "
-            f"sending it again (attempt {len(events) + 1} of {max_attempts})",
-        )
-        enqueue_event(
-            session,
-            "ml.incident.opened",
-            incident,
-            {"status": "firing", "attempt": len(events) + 1},
-        )
-        again.append(incident.id)
-    return again
+    return [
+        (incident, sent[incident.id], {"status": "firing"})
+        for incident in stalled
+        if _unanswered(sent.get(incident.id, []), now, grace_seconds, max_attempts)
+    ]
 
 
-def _restage_escalations(
-    session: Session,
-    now: datetime,
-    grace_seconds: float,
-    max_attempts: int,
-    has_run: Callable[[list[int], datetime], set[int]] | None,
-) -> list[int]:
-    """An escalation whose re-triage never started gets its event again, as an opening
-    does: the severity moved, and the strategy and route must follow it."""
+def _stalled_escalations(
+    session: Session, now: datetime, grace_seconds: float, max_attempts: int
+) -> list[_Stalled]:
+    """An escalation whose re-triage never started is sent again, as an opening is: the
+    severity moved, and the strategy and route must follow it."""
     latest: dict[int, list[OutboxEvent]] = {}
     for e in session.exec(
         select(OutboxEvent)
@@ -1152,13 +1156,11 @@ def _restage_escalations(
         if events and events[-1].payload.get("severity") != e.payload.get("severity"):
             events.clear()  # escalated further: only the latest step asks for a triage
         events.append(e)
-    due: dict[int, list[OutboxEvent]] = {}
-    for incident_id, events in latest.items():
-        last = max((e.delivered_at for e in events if e.delivered_at), default=None)
-        if any(e.delivered_at is None for e in events) or last is None:
-            continue
-        if len(events) < max_attempts and (now - last).total_seconds() >= grace_seconds:
-            due[incident_id] = events
+    due = {
+        incident_id: events
+        for incident_id, events in latest.items()
+        if _unanswered(events, now, grace_seconds, max_attempts)
+    }
     if not due:
         return []
     # Triage recorded a decision after the escalation: it was not lost.
@@ -1174,34 +1176,12 @@ def _restage_escalations(
     for incident_id, at in decided:
         if at is not None and _aware(at) >= _aware(due[incident_id][0].occurred):
             del due[incident_id]
-    if due and has_run is not None:
-        first = min(events[0].occurred for events in due.values())
-        for incident_id in has_run(list(due), first):
-            due.pop(incident_id, None)
-    again = []
+    stalled = []
     for incident_id, events in sorted(due.items()):
         incident = session.get(Incident, incident_id)
         if incident is None or not is_active(incident) or incident.suppressed_reason:
             continue
-        add_timeline(
-            session,
-            incident_id,
-            "intake",
-            "redelivered",
-            f"no triage started {grace_seconds:g} s after the escalation was delivered; "
-            f"sending it again (attempt {len(events) + 1} of {max_attempts})",
-        )
-        payload = events[0].payload
-        enqueue_event(
-            session,
-            "ml.incident.escalated",
-            incident,
-            {
-                "severity": payload.get("severity"),
-                "previous": payload.get("previous"),
-                "status": "firing",
-                "attempt": len(events) + 1,
-            },
-        )
-        again.append(incident_id)
-    return again
+        first = events[0].payload
+        payload = {"severity": first.get("severity"), "previous": first.get("previous")}
+        stalled.append((incident, events, {**payload, "status": "firing"}))
+    return stalled

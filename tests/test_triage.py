@@ -408,35 +408,38 @@ def test_the_documented_policy_example_passes_check_config() -> None:
     assert policy.suppression.rules() and policy.suppression.windows()
 
 
+def deliver(url: str, at: datetime) -> None:
+    """What the outbox does when Prefect takes the staged events."""
+    with session_scope(url) as s:
+        for e in s.exec(select(OutboxEvent).where(OutboxEvent.delivered_at == None)):  # noqa: E711
+            e.delivered_at = at
+            s.add(e)
+
+
+def restage(url: str, at: datetime) -> list[int]:
+    with session_scope(url) as s:
+        return incidents.restage_stalled(s, at, grace_seconds=60)
+
+
 def test_opened_incident_whose_runbook_never_started_gets_its_event_again(db_url: str) -> None:
     from runbooks.models import utcnow
 
     t = utcnow()
     iid = post(db_url, POLICY, [f1()], t).items[0].incident_id
 
-    def deliver(at: datetime) -> None:
-        with session_scope(db_url) as s:
-            for e in s.exec(select(OutboxEvent).where(OutboxEvent.delivered_at == None)):  # noqa: E711
-                e.delivered_at = at
-                s.add(e)
-
-    def restage(at: datetime) -> list[int]:
-        with session_scope(db_url) as s:
-            return incidents.restage_stalled(s, at, grace_seconds=60)
-
-    deliver(t + timedelta(seconds=1))
-    assert restage(t + timedelta(seconds=30)) == []  # within the grace
-    assert restage(t + timedelta(seconds=62)) == [iid]
-    assert restage(t + timedelta(seconds=200)) == []  # the new one is not delivered yet
+    deliver(db_url, t + timedelta(seconds=1))
+    assert restage(db_url, t + timedelta(seconds=30)) == []  # within the grace
+    assert restage(db_url, t + timedelta(seconds=62)) == [iid]
+    assert restage(db_url, t + timedelta(seconds=200)) == []  # the new one is not delivered yet
     assert opened_events(db_url, iid) == 2
-    deliver(t + timedelta(seconds=201))
+    deliver(db_url, t + timedelta(seconds=201))
 
     with session_scope(db_url) as s:
         assert incidents.claim_triage(s, iid, "run-1") is None
     with session_scope(db_url) as s:
         assert incidents.claim_triage(s, iid, "run-2") == "run-1"  # the late duplicate stops
         assert incidents.claim_triage(s, iid, "run-3", force=True) is None
-    assert restage(t + timedelta(seconds=400)) == []  # triage started: nothing to resend
+    assert restage(db_url, t + timedelta(seconds=400)) == []  # triage started: nothing to resend
 
 
 def test_a_queued_run_is_not_taken_for_a_lost_one(db_url: str) -> None:
@@ -596,30 +599,20 @@ def test_an_escalation_whose_retriage_never_started_gets_its_event_again(db_url:
     triaged_as(db_url, iid, "P2")
     post(db_url, POLICY, [churn(0.6, "b")], t + timedelta(seconds=1))
 
-    def deliver(at: datetime) -> None:
-        with session_scope(db_url) as s:
-            for e in s.exec(select(OutboxEvent).where(OutboxEvent.delivered_at == None)):  # noqa: E711
-                e.delivered_at = at
-                s.add(e)
-
-    def restage(at: datetime) -> list[int]:
-        with session_scope(db_url) as s:
-            return incidents.restage_stalled(s, at, grace_seconds=60)
-
-    deliver(t + timedelta(seconds=2))
-    assert restage(t + timedelta(seconds=30)) == []  # within the grace
-    assert restage(t + timedelta(seconds=63)) == [iid]
-    assert restage(t + timedelta(seconds=200)) == []  # the new one is not delivered yet
+    deliver(db_url, t + timedelta(seconds=2))
+    assert restage(db_url, t + timedelta(seconds=30)) == []  # within the grace
+    assert restage(db_url, t + timedelta(seconds=63)) == [iid]
+    assert restage(db_url, t + timedelta(seconds=200)) == []  # the new one is not delivered yet
     sent = escalations(db_url, iid)
     assert [(e["severity"], e["previous"], e.get("attempt")) for e in sent] == [
         ("P1", "P2", None),
         ("P1", "P2", 2),
     ]
-    deliver(t + timedelta(seconds=201))
+    deliver(db_url, t + timedelta(seconds=201))
     # The re-triage recorded its decision: nothing more to send.
     with session_scope(db_url) as s:
         incidents.add_timeline(
             s, iid, "triage", "decision", "P1 because ...", at=t + timedelta(seconds=230)
         )
-    assert restage(t + timedelta(seconds=400)) == []
+    assert restage(db_url, t + timedelta(seconds=400)) == []
     assert len(escalations(db_url, iid)) == 2
