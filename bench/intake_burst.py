@@ -20,11 +20,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import ManagedProcess, free_port  # noqa: E402
+from deployments.local import PG_ADMIN, ManagedProcess, free_port  # noqa: E402
 from runbooks.store import get_engine  # noqa: E402
 
 CONNECTIONS = 4
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def burst(intake: str, n: int) -> tuple[float, int]:
@@ -88,11 +87,11 @@ def main() -> None:
     try:
         run("sqlite", f"sqlite:///{home / 'incidents.db'}", n, home)
         schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG)
+        admin = sa.create_engine(PG_ADMIN)
         with admin.begin() as c:
             c.execute(sa.text(f"CREATE SCHEMA {schema}"))
         try:
-            run("postgresql", f"{PG}?options=-csearch_path%3D{schema}", n, home)
+            run("postgresql", f"{PG_ADMIN}?options=-csearch_path%3D{schema}", n, home)
         finally:
             with admin.begin() as c:
                 c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
