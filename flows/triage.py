@@ -103,6 +103,7 @@ def triage(request: TriageRequest) -> str:
             f"channels {', '.join(routed.channels) or 'none'}",
         ],
         max((a["id"] for a in incident["alerts"]), default=0),
+        request.policy_file,
     )
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
     pending = False

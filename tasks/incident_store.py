@@ -69,12 +69,17 @@ def set_incident_status(incident_id: int, status: str, actor: str, why: str) -> 
 
 @task(**_retry)
 def record_triage(
-    incident_id: int, decision: dict[str, Any], reasons: list[str], last_alert_read: int = 0
+    incident_id: int,
+    decision: dict[str, Any],
+    reasons: list[str],
+    last_alert_read: int = 0,
+    policy_file: str | None = None,
 ) -> str | None:
     """The triage decision (severity, type, strategy, route...) and why, in one commit.
 
     Returns the severity it escalated to when an alert that joined after triage read the
-    incident (id above `last_alert_read`) is worse than the decision; None otherwise.
+    incident (id above `last_alert_read`) is worse than the decision, by the policy the
+    triage decided with (`policy_file`, else the service's); None otherwise.
     """
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)
@@ -93,7 +98,8 @@ def record_triage(
                 "triage",
                 f"{decision['severity']} {decision['type']}, strategy {decision['strategy']}",
             )
-        return incidents.escalate_for_later_alerts(s, incident, last_alert_read, policy())
+        rules = load_policy(policy_file) if policy_file else policy()
+        return incidents.escalate_for_later_alerts(s, incident, last_alert_read, rules)
 
 
 @task(**_retry)
