@@ -220,7 +220,7 @@ class _Escalation:
     was: str
     to: str
     why: str
-    alert: str
+    what: str  # the alert and what it did, for the timeline
 
 
 @dataclass
@@ -270,7 +270,7 @@ class _Batch:
         self.quiet_since.setdefault(incident.id, incident.last_alert_at)
         self.touched[incident.id] = incident
 
-    def escalate_if_worse(self, incident: _Open, a: AlertIn) -> None:
+    def escalate_if_worse(self, incident: _Open, a: AlertIn, did: str = "joined") -> None:
         """Note an unmuted alert that is worse than what triage decided for its incident.
         Before triage there is nothing to compare with: triage reads the worst alert."""
         stored = incident.severity
@@ -282,7 +282,7 @@ class _Batch:
         if RANK[found.severity] < RANK[worst]:
             why = "; ".join(found.reasons)
             self.escalations[incident.id] = _Escalation(
-                incident, stored, found.severity, why, _name(a)
+                incident, stored, found.severity, why, f"{_name(a)} {did}"
             )
 
     def orm(self, incident: _Open) -> Incident:
@@ -565,7 +565,7 @@ def _escalate(b: _Batch, e: _Escalation) -> None:
     e.incident.row_severity = e.to
     if e.incident.orm is not None:
         set_committed_value(e.incident.orm, "severity", e.to)
-    announce_escalation(b.session, e.incident, e.was, e.to, e.why, f"{e.alert} joined")
+    announce_escalation(b.session, e.incident, e.was, e.to, e.why, e.what)
 
 
 def escalate_for_later_alerts(
@@ -664,7 +664,7 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
             incident = session.get(Incident, existing.incident_id)
             if incident is not None and is_active(incident):
                 add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} fires again")
-                b.escalate_if_worse(_Open.of(incident), a)
+                b.escalate_if_worse(_Open.of(incident), a, "fires again")
                 return Ingested(existing.id, incident.id, "refired")
         # It fired again after its incident ended: it opens (or joins) a new one.
 
