@@ -94,19 +94,37 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from prefect.flow_runs import resume_flow_run
     from sqlmodel import col, select
 
-    from runbooks.models import Approval
+    from runbooks.approvals import may_approve, refusal
+    from runbooks.incidents import add_timeline
+    from runbooks.models import Approval, Incident
     from runbooks.settings import get_settings
     from runbooks.store import session_scope
 
     with session_scope(get_settings().resolved_database_url()) as s:
-        pending = s.exec(
+        latest = s.exec(
             select(Approval)
-            .where(Approval.incident_id == args.incident, Approval.status == "pending")
+            .where(Approval.incident_id == args.incident)
             .order_by(col(Approval.id).desc())
         ).first()
-    if pending is None:
-        print(f"incident {args.incident} has no pending approval", file=sys.stderr)
-        return 1
+        if latest is None:
+            print(f"incident {args.incident} has no approval to answer", file=sys.stderr)
+            return 1
+        if latest.status != "pending":
+            when = f" at {latest.decided_at:%Y-%m-%d %H:%M:%SZ}" if latest.decided_at else ""
+            print(
+                f"the approval of {latest.action} for incident {args.incident} is already "
+                f"{latest.status.replace('_', ' ')} (by {latest.decided_by}{when}"
+                f"{': ' + latest.comment if latest.comment else ''}); nothing to answer",
+                file=sys.stderr,
+            )
+            return 1
+        if not may_approve(args.by, latest.approvers):
+            incident = s.get(Incident, args.incident)
+            why = refusal(args.by, latest.approvers, incident.model, incident.severity)
+            add_timeline(s, args.incident, args.by, "refused", f"runbooks approve refused: {why}")
+            print(why, file=sys.stderr)
+            return 1
+        pending = latest
     answer = {"approve": not args.reject, "approver": args.by, "comment": args.comment}
     # The approval is recorded a moment before Prefect registers the pause and its form; an
     # answer given in that moment waits for the pause instead of failing.
@@ -130,6 +148,52 @@ def cmd_approve(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     verb = "rejected" if args.reject else "approved"
     print(f"{pending.action} for incident {args.incident} {verb} by {args.by}")
+    return 0
+
+
+def cmd_automation(args: argparse.Namespace) -> int:
+    """The kill switch: while paused, no runbook acts on the model (or on any model)."""
+    from sqlmodel import select
+
+    from runbooks import remediation
+    from runbooks.incidents import add_timeline
+    from runbooks.models import ACTIVE_STATUSES, Incident
+    from runbooks.settings import get_settings
+    from runbooks.store import migrate, session_scope
+
+    url = get_settings().resolved_database_url()
+    migrate(url)
+    with session_scope(url) as s:
+        if args.action == "status":
+            pauses = remediation.automation_pauses(s)
+            if args.json:
+                print(json.dumps([p.model_dump(mode="json") for p in pauses]))
+            elif not pauses:
+                print("automation runs: no pause")
+            for p in [] if args.json else pauses:
+                scope = "every model" if p.scope == remediation.EVERY_MODEL else p.scope
+                since = f"{p.paused_at:%Y-%m-%d %H:%M:%SZ}"
+                print(f"paused for {scope} by {p.paused_by} since {since}: {p.comment}")
+            return 0
+        scope = args.model or "every model"
+        if args.action == "pause":
+            try:
+                remediation.pause_automation(s, args.model, args.comment, args.by)
+            except ValueError as err:
+                print(f"--{err}", file=sys.stderr)
+                return 2
+            line = f"automation paused for {scope} by {args.by}: {args.comment}"
+        else:
+            if not remediation.resume_automation(s, args.model):
+                print(f"automation was not paused for {scope}", file=sys.stderr)
+                return 1
+            line = f"automation resumed for {scope} by {args.by}"
+        q = select(Incident).where(Incident.status.in_(ACTIVE_STATUSES))
+        if args.model:
+            q = q.where(Incident.model == args.model)
+        for incident in s.exec(q):
+            add_timeline(s, incident.id, args.by, "automation", line)
+    print(line)
     return 0
 
 
@@ -254,6 +318,19 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--by", default=os.environ.get("USER", "cli"))
     a.add_argument("--comment", default="")
     a.set_defaults(func=cmd_approve)
+
+    au = sub.add_parser("automation", help="the kill switch: pause, resume or show automation")
+    ausub = au.add_subparsers(dest="action", required=True)
+    ap = ausub.add_parser("pause", help="no runbook acts until resume (evidence goes on)")
+    ap.add_argument("--model", default=None, help="only this model (default: every model)")
+    ap.add_argument("--comment", required=True, help="why; it goes on every skipped action")
+    ap.add_argument("--by", default=os.environ.get("USER", "cli"))
+    ar = ausub.add_parser("resume", help="let runbooks act again")
+    ar.add_argument("--model", default=None, help="the model paused alone (default: global)")
+    ar.add_argument("--by", default=os.environ.get("USER", "cli"))
+    ast = ausub.add_parser("status", help="show the pauses in force")
+    ast.add_argument("--json", action="store_true")
+    au.set_defaults(func=cmd_automation)
 
     i = sub.add_parser("incidents", help="list incidents, or show one with its timeline")
     i.add_argument("id", nargs="?", type=int)

@@ -175,7 +175,8 @@ def start_runbooks_serve(
         names = {d["name"] for d in r.json()} if r.status_code == 200 else set()
         a = httpx.post(f"{api}/automations/filter", json={}, timeout=5)
         automations = {x["name"] for x in a.json()} if a.status_code == 200 else set()
-        if {"triage", "containment"} <= names and "triage__automation_1" in automations:
+        wanted = {"triage__automation_1", "containment__automation_1"}
+        if {"triage", "containment"} <= names and wanted <= automations:
             return proc
         time.sleep(0.2)
     proc.stop()

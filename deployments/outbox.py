@@ -38,17 +38,6 @@ def prefect_api() -> tuple[str, dict[str, str]]:
     return url.rstrip("/"), ({"Authorization": f"Bearer {key}"} if key else {})
 
 
-def to_prefect_event(e: OutboxEvent) -> dict:
-    return {
-        "id": e.id,
-        "occurred": e.occurred.isoformat(),
-        "event": e.event,
-        "resource": e.resource,
-        "related": e.related,
-        "payload": e.payload,
-    }
-
-
 class OutboxDeliverer:
     def __init__(
         self,
@@ -155,7 +144,7 @@ class OutboxDeliverer:
                 return False
             try:
                 r = self._client.post(
-                    f"{self.api_url}/events", json=[to_prefect_event(e) for e in due]
+                    f"{self.api_url}/events", json=[e.as_prefect_event() for e in due]
                 )
                 ok = r.status_code < 300
                 error = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"

@@ -1,11 +1,16 @@
 """Runbook: contain a degraded model.
 
-1. Check the incident still needs containment (a resolved alert never acts).
-2. Take the model's remediation lock and respect the cooldown.
-3. Get approval, unless the policy lets this severity contain at once.
-4. Route traffic to the previous version (or roll back on the platform, or scale to zero).
+1. Check the incident still needs containment (a resolved alert never acts), and that
+   no other run already carried out this decision.
+2. Take the model's remediation lock (waiting a while for another incident's run) and
+   respect the cooldown.
+3. Get approval from someone the policy allows, unless it lets this severity contain at
+   once; a rejection or a timeout ends with the policy's outcome.
+4. Read the metric, then route traffic to the previous version (or roll back on the
+   platform, or scale to zero). The kill switch skips this step.
 5. Verify recovery on the model's metric.
-6. Resolve the incident, or leave it mitigated and say that it did not recover.
+6. Recovered: resolve. Worse than before: undo the action. Not recovered: keep the safe
+   state. Either way a human is called (`needs human`), and the run ends Completed.
 """
 
 from __future__ import annotations
@@ -13,92 +18,163 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbooks.policy import KubernetesTarget, ModelPolicy, PlatformTarget
+from runbooks.remediation import LockHeld
+from tasks import actions, metrics
 from tasks import incident_store as store
 from tasks import kubernetes as k8s
-from tasks import metrics
 from tasks import platform as ml_platform
+from tasks.actions import Done, Move
+from tasks.approvals import await_approval
 
 PREVIOUS_VERSION_ANNOTATION = "ml-runbooks.io/previous-version"
+RUNBOOK = "containment"
+
+
+class NoRollbackTarget(RuntimeError):
+    """There is no version to go back to: a human decides, nothing is changed."""
 
 
 class ContainmentRequest(BaseModel):
     incident_id: int = Field(description="The incident to contain.")
     dry_run: bool = Field(False, description="Record what each action would do; change nothing.")
-
-
-class Approval(RunInput):
-    approve: bool = Field(description="Approve the containment action?")
-    approver: str = Field(description="Who decides (recorded on the timeline).")
-    comment: str = Field("", description="Why, for the post-mortem.")
-
-
-class NotRecovered(RuntimeError):
-    pass
-
-
-class ContainmentRefused(RuntimeError):
-    pass
+    decision: str = Field(
+        "",
+        description="The triage decision this run carries out (set by the automation; a "
+        "decision runs once). Empty: started by hand, always runs.",
+    )
 
 
 @flow(name="containment", log_prints=True)
 def contain(request: ContainmentRequest) -> str:
     incident = store.read_incident(request.incident_id)
+    run = flow_run_id()
+    if request.decision and store.claim_runbook(incident["id"], RUNBOOK, request.decision, run):
+        return "already_ran"
+    outcome = _contain(incident, request, run)
+    if request.decision:
+        store.finish_runbook(incident["id"], RUNBOOK, run, outcome)
+    return outcome
+
+
+def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) -> str:
     model_policy = store.policy().for_model(incident["model"])
     if not still_needs_containment(incident):
         return "skipped"
     target = model_policy.target
     if target is None:
-        store.add_timeline(
+        store.hand_to_human(
             incident["id"],
-            "containment",
-            "gap",
+            RUNBOOK,
             f"no target for model {incident['model']} in the policy; add "
             f"models.{incident['model']}.target to contain it automatically",
         )
         return "no_target"
     kind = action_kind(target)
-    holder = f"containment flow run {flow_run_id()}"
     try:
-        store.acquire_remediation_lock(incident["model"], incident["id"], holder)
+        with_lock = wait_for_lock(incident, f"containment flow run {run}")
+        if with_lock is not None:
+            return with_lock
+        try:
+            return _contain_locked(incident, request, target, kind, model_policy, run)
+        finally:
+            store.release_remediation_lock(incident["model"], incident["id"])
+    except Exception as exc:
+        store.add_timeline(
+            incident["id"],
+            RUNBOOK,
+            "error",
+            f"containment stopped: {type(exc).__name__}: {exc}",
+        )
+        raise
+
+
+def _contain_locked(
+    incident: dict[str, Any],
+    request: ContainmentRequest,
+    target: KubernetesTarget | PlatformTarget,
+    kind: str,
+    model_policy: ModelPolicy,
+    run: str,
+) -> str:
+    with actions.lease_renewal(incident["model"], incident["id"]):
         if not cooled_down(incident, kind):
             return "cooldown"
         if not request.dry_run:
-            await_approval(incident, kind)
+            answer = await_approval(
+                incident["id"],
+                incident["model"],
+                incident["severity"],
+                kind,
+                f"Approve {kind} for incident {incident['id']} ({incident['model']}, "
+                f"{incident['severity']}): {incident['title']}",
+                run,
+            )
+            if not answer.act:
+                store.hand_to_human(incident["id"], RUNBOOK, answer.say(kind))
+                return answer.status
             # The alert may have resolved while a human decided: look again before acting.
             incident = store.read_incident(request.incident_id)
             if not still_needs_containment(incident):
                 return "skipped"
             store.set_incident_status(
-                incident["id"], "investigating", "containment", f"containing with {kind}"
+                incident["id"], "investigating", RUNBOOK, f"containing with {kind}"
             )
-        outcome = act(incident, target, kind, request.dry_run)
-        if request.dry_run:
+        before = read_metric(incident, model_policy)
+        try:
+            move = plan_move(incident, target, kind)
+        except NoRollbackTarget as missing:
+            store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
+            return "no_rollback_target"
+        except Exception as exc:
+            why = actions.describe_error(exc)
+            if why is None:
+                raise
+            store.hand_to_human(
+                incident["id"], RUNBOOK, f"reading {kind}'s target failed: {why}; nothing changed"
+            )
+            return "action_failed"
+        done = actions.act(move, request.dry_run)
+        if done.status == "dry_run":
             return "dry_run"
-        store.set_incident_status(incident["id"], "mitigated", "containment", outcome)
-        verify_recovery(incident, model_policy)
+        if done.status in ("paused", "failed"):
+            store.hand_to_human(incident["id"], RUNBOOK, done.message)
+            return "automation_paused" if done.status == "paused" else "action_failed"
+        store.set_incident_status(incident["id"], "mitigated", RUNBOOK, done.message)
+        return verify_and_decide(incident, model_policy, done, before)
+
+
+def verify_and_decide(
+    incident: dict[str, Any], model_policy: ModelPolicy, done: Done, before: float | None
+) -> str:
+    verdict, value = verify_recovery(incident, model_policy, before)
+    rec = model_policy.recovery
+    if verdict == "recovered":
         store.set_incident_status(
-            incident["id"],
-            "resolved",
-            "containment",
-            "the model's metric recovered after containment",
+            incident["id"], "resolved", RUNBOOK, "the model's metric recovered after containment"
         )
         return "resolved"
-    except Exception as exc:
-        store.add_timeline(
+    if verdict == "worse" and done.changed:
+        undone = actions.undo(done)
+        store.hand_to_human(
             incident["id"],
-            "containment",
-            "error",
-            f"containment stopped: {type(exc).__name__}: {exc}",
+            RUNBOOK,
+            f"{rec.metric} got worse after {done.move.kind} ({before} -> {value}); "
+            f"{undone.message}. Decide the next step by hand",
         )
-        raise
-    finally:
-        store.release_remediation_lock(incident["model"], incident["id"])
+        return "undone"
+    store.hand_to_human(
+        incident["id"],
+        RUNBOOK,
+        f"{rec.metric} of {incident['model']} did not recover within "
+        f"{rec.timeout_seconds:g} s after {done.move.kind} (last value {value}); the safe "
+        "state is kept. Escalate to the model owner",
+    )
+    return "not_recovered"
 
 
 def flow_run_id() -> str:
@@ -111,13 +187,39 @@ def still_needs_containment(incident: dict[str, Any]) -> bool:
     if incident["status"] in ("resolved", "closed") or not firing:
         store.add_timeline(
             incident["id"],
-            "containment",
+            RUNBOOK,
             "skip",
             f"incident is {incident['status']} with {len(firing)} firing alerts: "
             "nothing to contain, no action taken",
         )
         return False
     return True
+
+
+def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
+    """Take the model's lock, waiting up to the policy's lock_wait_seconds for another
+    incident's run; None when taken, else the outcome (a human is told)."""
+    wait = store.policy().remediation.lock_wait_seconds
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            store.acquire_remediation_lock(incident["model"], incident["id"], holder)
+            return None
+        except LockHeld as held:
+            if time.monotonic() >= deadline:
+                store.hand_to_human(
+                    incident["id"],
+                    RUNBOOK,
+                    f"{held}; waited {wait:g} s, no action taken",
+                )
+                return "locked"
+            if not said:
+                store.add_timeline(
+                    incident["id"], RUNBOOK, "lock", f"{held}; waiting up to {wait:g} s"
+                )
+                said = True
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
 def action_kind(target: KubernetesTarget | PlatformTarget) -> str:
@@ -129,7 +231,7 @@ def cooled_down(incident: dict[str, Any], kind: str) -> bool:
     if left > 0:
         store.add_timeline(
             incident["id"],
-            "containment",
+            RUNBOOK,
             "skip",
             f"{kind} on {incident['model']} ran for another incident lately; "
             f"cooldown has {left:.0f} s left, no action taken",
@@ -138,100 +240,46 @@ def cooled_down(incident: dict[str, Any], kind: str) -> bool:
     return True
 
 
-def await_approval(incident: dict[str, Any], kind: str) -> None:
-    policy = store.policy()
-    severity = incident["severity"] or policy.default_severity
-    if not policy.needs_approval(severity, "containment"):
-        store.add_timeline(
-            incident["id"],
-            "containment",
-            "approval",
-            f"{kind} runs without approval: the policy allows containment at {severity}",
-        )
-        return
-    approval_id = store.record_approval_request(incident["id"], kind, flow_run_id())
-    answer = pause_flow_run(
-        wait_for_input=Approval.with_initial_data(
-            description=f"Approve {kind} for incident {incident['id']} "
-            f"({incident['model']}, {severity}): {incident['title']}",
-            approve=False,
-            approver="",
-            comment="",
-        ),
-        timeout=int(policy.approval.timeout_seconds),
-        poll_interval=1,
-        key=f"approval-{approval_id}",
-    )
-    status = "approved" if answer.approve else "rejected"
-    store.record_approval_decision(
-        approval_id, status, answer.approver or "unknown", answer.comment
-    )
-    if not answer.approve:
-        raise ContainmentRefused(f"{kind} rejected by {answer.approver}: {answer.comment}")
-
-
-def act(
-    incident: dict[str, Any], target: KubernetesTarget | PlatformTarget, kind: str, dry_run: bool
-) -> str:
+def plan_move(
+    incident: dict[str, Any], target: KubernetesTarget | PlatformTarget, kind: str
+) -> Move:
     model = incident["model"]
     if isinstance(target, PlatformTarget):
-        return rollback_on_platform(incident, target.url, target.name.format(model=model), dry_run)
+        return rollback_on_platform(incident, target.url, target.name.format(model=model))
     if kind == "scale_to_zero":
-        return scale_to_zero(incident, target, dry_run)
-    return route_to_previous_version(incident, target, dry_run)
+        return scale_to_zero(incident, target)
+    return route_to_previous_version(incident, target)
 
 
-def _key(incident: dict[str, Any], kind: str, target: str, dry_run: bool) -> str:
-    return f"incident:{incident['id']}:{kind}:{target}" + (":dry-run" if dry_run else "")
-
-
-def _finished(action: dict[str, Any]) -> bool:
-    return action["status"] in ("done", "already", "dry_run")
-
-
-def route_to_previous_version(
-    incident: dict[str, Any], target: KubernetesTarget, dry_run: bool
-) -> str:
-    model = incident["model"]
-    name = target.service.format(model=model)
-    where = f"service/{name} in {target.namespace}"
+def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget) -> Move:
+    name = target.service.format(model=incident["model"])
     svc = k8s.read_namespaced_service(name, target.namespace)
     selector = svc["spec"].get("selector") or {}
     current = selector.get(target.version_label)
-    key = _key(incident, "route_to_previous_version", where, dry_run)
-    plan = {"from": current, "to": previous_version(svc, target, current)}
-    plan["summary"] = f"selector {target.version_label}: {plan['from']} -> {plan['to']}"
-    action = store.begin_action(
-        key, incident["id"], model, "route_to_previous_version", where, dry_run, plan
-    )
-    if _finished(action):
-        return f"{where} already handled by this incident"
-    plan = action["detail"]["plan"]
-    if dry_run:
-        store.finish_action(key, "dry_run", {}, f"dry run: {where} unchanged")
-        return "dry run"
-    if current == plan["to"]:
-        store.finish_action(
-            key, "already", {"selector": selector}, f"{where} already routes to {plan['to']}"
+
+    def apply(version: str) -> dict[str, Any]:
+        patched = k8s.patch_namespaced_service(
+            name,
+            target.namespace,
+            {"spec": {"selector": {**selector, target.version_label: version}}},
         )
-        return f"{where} already routes to {plan['to']}"
-    patched = k8s.patch_namespaced_service(
-        name,
-        target.namespace,
-        {"spec": {"selector": {**selector, target.version_label: plan["to"]}}},
+        seen = (patched["spec"].get("selector") or {}).get(target.version_label)
+        if seen != version:
+            raise RuntimeError(
+                f"service/{name} selector reads back {seen!r} after the patch, expected {version!r}"
+            )
+        return {"selector": patched["spec"]["selector"]}
+
+    return Move(
+        incident["id"],
+        incident["model"],
+        "route_to_previous_version",
+        f"service/{name} in {target.namespace}",
+        current,
+        previous_version(svc, target, current),
+        apply,
+        target.version_label,
     )
-    seen = (patched["spec"].get("selector") or {}).get(target.version_label)
-    if seen != plan["to"]:
-        raise RuntimeError(
-            f"{where} selector reads back {seen!r} after the patch, expected {plan['to']!r}"
-        )
-    store.finish_action(
-        key,
-        "done",
-        {"selector": patched["spec"]["selector"]},
-        f"{where} now routes to {plan['to']} (was {plan['from']})",
-    )
-    return f"traffic routed from {plan['from']} to {plan['to']}"
 
 
 def previous_version(svc: dict[str, Any], target: KubernetesTarget, current: str | None) -> str:
@@ -247,11 +295,14 @@ def previous_version(svc: dict[str, Any], target: KubernetesTarget, current: str
             d["metadata"]["labels"][target.version_label],
         )
         for d in deployments
-        if target.version_label in (d["metadata"].get("labels") or {})
+        # The selector asked for these already; checked again so that an API that ignores
+        # it (the test cluster's does) cannot route one model to another model's pods.
+        if (d["metadata"].get("labels") or {}).get(target.app_label) == app
+        and target.version_label in d["metadata"]["labels"]
         and d["metadata"]["labels"][target.version_label] != current
     ]
     if not versions:
-        raise RuntimeError(
+        raise NoRollbackTarget(
             f"no previous version of {app} to route to: annotate the service with "
             f"{PREVIOUS_VERSION_ANNOTATION} or keep the previous Deployment labelled "
             f"{target.app_label}={app},{target.version_label}=<version>"
@@ -259,8 +310,7 @@ def previous_version(svc: dict[str, Any], target: KubernetesTarget, current: str
     return max(versions)[1]
 
 
-def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget, dry_run: bool) -> str:
-    model = incident["model"]
+def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget) -> Move:
     version = next(
         (
             a["labels"].get(target.version_label)
@@ -269,97 +319,120 @@ def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget, dry_run: b
         ),
         "",
     )
-    name = target.deployment.format(model=model, version=version)
-    where = f"deployment/{name} in {target.namespace}"
+    name = target.deployment.format(model=incident["model"], version=version)
     scale = k8s.read_namespaced_deployment_scale(name, target.namespace)
-    key = _key(incident, "scale_to_zero", where, dry_run)
-    plan = {"from": scale["spec"].get("replicas", 0), "to": 0}
-    plan["summary"] = f"replicas {plan['from']} -> 0"
-    action = store.begin_action(key, incident["id"], model, "scale_to_zero", where, dry_run, plan)
-    if _finished(action):
-        return f"{where} already handled by this incident"
-    if dry_run:
-        store.finish_action(key, "dry_run", {}, f"dry run: {where} unchanged")
-        return "dry run"
-    if plan["from"] == 0:
-        store.finish_action(key, "already", {}, f"{where} is already at 0 replicas")
-        return f"{where} already at 0 replicas"
-    k8s.patch_namespaced_deployment_scale(name, target.namespace, 0)
-    store.finish_action(key, "done", {"replicas": 0}, f"{where} scaled to 0 (was {plan['from']})")
-    return f"{where} scaled to zero"
+
+    def apply(replicas: int) -> dict[str, Any]:
+        k8s.patch_namespaced_deployment_scale(name, target.namespace, replicas)
+        return {"replicas": replicas}
+
+    return Move(
+        incident["id"],
+        incident["model"],
+        "scale_to_zero",
+        f"deployment/{name} in {target.namespace}",
+        scale["spec"].get("replicas", 0),
+        0,
+        apply,
+        "replicas",
+    )
 
 
-def rollback_on_platform(incident: dict[str, Any], url: str, name: str, dry_run: bool) -> str:
-    where = f"model {name} on {url}"
+def rollback_on_platform(incident: dict[str, Any], url: str, name: str) -> Move:
     status = ml_platform.get_model_status(url, name)
-    key = _key(incident, "platform_rollback", where, dry_run)
-    plan = {"from": status.get("currentVersion"), "to": status.get("previousVersion")}
-    plan["summary"] = f"version {plan['from']} -> {plan['to']}"
-    action = store.begin_action(
-        key, incident["id"], incident["model"], "platform_rollback", where, dry_run, plan
+    where = f"model {name} on {url}"
+    if not status.get("previousVersion"):
+        raise NoRollbackTarget(f"{where} reports no previousVersion; nothing to roll back to")
+
+    def apply(version: str) -> dict[str, Any]:
+        return ml_platform.post_model_rollback(url, name, version)
+
+    return Move(
+        incident["id"],
+        incident["model"],
+        "platform_rollback",
+        where,
+        status.get("currentVersion"),
+        status.get("previousVersion"),
+        apply,
     )
-    if _finished(action):
-        return f"{where} already handled by this incident"
-    plan = action["detail"]["plan"]
-    if not plan["to"]:
-        raise RuntimeError(f"{where} reports no previousVersion; nothing to roll back to")
-    if dry_run:
-        store.finish_action(key, "dry_run", {}, f"dry run: {where} unchanged")
-        return "dry run"
-    if status.get("currentVersion") == plan["to"]:
-        store.finish_action(key, "already", status, f"{where} already serves {plan['to']}")
-        return f"{where} already serves {plan['to']}"
-    after = ml_platform.post_model_rollback(url, name, plan["to"])
-    store.finish_action(
-        key, "done", after, f"{where} rolled back to {plan['to']} (was {plan['from']})"
-    )
-    return f"rolled back from {plan['from']} to {plan['to']}"
 
 
-def verify_recovery(incident: dict[str, Any], model_policy: ModelPolicy) -> float:
-    """Poll the model's metric until it passes `consecutive` times, or give up."""
+def read_metric(incident: dict[str, Any], model_policy: ModelPolicy) -> float | None:
+    rec = model_policy.recovery
+    if not rec.url:
+        return None
+    model = incident["model"]
+    url = rec.url.format(model=model)
+    if rec.source == "prometheus":
+        return metrics.query_prometheus(url, f'{rec.metric}{{model="{model}"}}')
+    return metrics.scrape_metric(url, rec.metric, {"model": model})
+
+
+def verify_recovery(
+    incident: dict[str, Any], model_policy: ModelPolicy, before: float | None = None
+) -> tuple[str, float | None]:
+    """Poll the model's metric: `recovered` when it passes `consecutive` times in a row,
+    `worse` when it reads worse than `before` by the policy's margin as many times,
+    `not_recovered` when the time runs out, `unverified` with no metric to read."""
     rec = model_policy.recovery
     model = incident["model"]
     if not rec.url:
         store.add_timeline(
-            incident["id"],
-            "containment",
-            "gap",
-            f"no recovery.url for {model}: recovery not verified",
+            incident["id"], RUNBOOK, "gap", f"no recovery.url for {model}: recovery not verified"
         )
-        raise NotRecovered(f"no recovery.url configured for {model}")
-    url = rec.url.format(model=model)
+        return "unverified", None
     deadline = time.monotonic() + rec.timeout_seconds
-    passes, value = 0, None
+    passes, worse, value = 0, 0, None
     while time.monotonic() < deadline:
-        if rec.source == "prometheus":
-            value = metrics.query_prometheus(url, f'{rec.metric}{{model="{model}"}}')
-        else:
-            value = metrics.scrape_metric(url, rec.metric, {"model": model})
+        value = read_metric(incident, model_policy)
         ok = (
             value is not None
             and (rec.above is None or value > rec.above)
             and (rec.below is None or value < rec.below)
         )
         passes = passes + 1 if ok else 0
+        worse = worse + 1 if is_worse(value, before, rec.above, rec.below, rec.worse_by) else 0
         if passes >= rec.consecutive:
             store.add_timeline(
                 incident["id"],
-                "containment",
+                RUNBOOK,
                 "verify",
                 f"recovered: {rec.metric}={value:.3f} ({rec.consecutive} readings in a row)",
             )
-            return value
+            return "recovered", value
+        if worse >= rec.consecutive:
+            store.add_timeline(
+                incident["id"],
+                RUNBOOK,
+                "verify",
+                f"worse: {rec.metric}={value:.3f} against {before:.3f} before the action "
+                f"({rec.consecutive} readings in a row, margin {rec.worse_by:g})",
+            )
+            return "worse", value
         time.sleep(rec.interval_seconds)
     store.add_timeline(
         incident["id"],
-        "containment",
+        RUNBOOK,
         "verify",
-        f"not recovered within {rec.timeout_seconds:.0f} s: last "
-        f"{rec.metric}={value}; escalate to the model owner",
+        f"not recovered within {rec.timeout_seconds:.0f} s: last {rec.metric}={value}",
     )
     get_run_logger().warning("model %s did not recover", model)
-    raise NotRecovered(
-        f"{rec.metric} of {model} did not recover within "
-        f"{rec.timeout_seconds:.0f} s (last value {value})"
-    )
+    return "not_recovered", value
+
+
+def is_worse(
+    value: float | None,
+    before: float | None,
+    above: float | None,
+    below: float | None,
+    margin: float,
+) -> bool:
+    """Further from healthy than before the action by more than `margin`."""
+    if value is None or before is None:
+        return False
+    if above is not None:
+        return value < before - margin
+    if below is not None:
+        return value > before + margin
+    return False

@@ -6,7 +6,8 @@
    (each source optional; a gap is said, not fatal). Runs beside the decision.
 4. Score criticality, pick the response strategy, route to an assignee.
 5. Record every decision with its reason on the timeline.
-6. Start the runbook the strategy names.
+6. Announce the decision (ml.incident.triaged): the runbook deployment whose trigger
+   matches the strategy starts (prefect.yaml).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.containment import ContainmentRequest, contain, flow_run_id
+from flows.containment import flow_run_id
 from runbooks.incidents import confidence_from
 from runbooks.policy import KubernetesTarget, ModelPolicy, Policy, load_policy
 from runbooks.routing import criticality, oncall_now, route
@@ -73,6 +74,7 @@ def triage(request: TriageRequest) -> str:
     # A re-triage (an escalation, or by hand) does not start a second containment: the
     # first decision started one, and two at once would ask twice and act twice.
     started_before = request.retriage and incident["strategy"] in CONTAINS
+    start = None
     if not decision.runbook:
         runbook_note = "no automated runbook for this strategy yet: the assignee runs it by hand"
     elif started_before and decision.strategy in CONTAINS:
@@ -80,8 +82,19 @@ def triage(request: TriageRequest) -> str:
             f"runbook {decision.runbook} not started again: the first triage started it "
             f"({incident['strategy']}); start the containment deployment by hand to rerun it"
         )
+    elif incident["suppressed_reason"]:
+        runbook_note = f"suppressed ({incident['suppressed_reason']}): no runbook started"
+    elif not request.start_runbook:
+        runbook_note = f"runbook {decision.runbook} not started (start_runbook is off)"
     else:
-        runbook_note = f"runbook {decision.runbook} runs next"
+        runbook_note = f"runbook {decision.runbook} starts next"
+        # The decision names the run: the runbook claims it, so a redelivered event or a
+        # second firing of the automation does not carry out one decision twice.
+        start = {
+            "runbook": decision.runbook,
+            "decision": decision.strategy + (":dry-run" if request.dry_run else ""),
+            "dry_run": request.dry_run,
+        }
     store.record_triage(
         incident["id"],
         {
@@ -104,6 +117,7 @@ def triage(request: TriageRequest) -> str:
         ],
         max((a["id"] for a in incident["alerts"]), default=0),
         request.policy_file,
+        start,
     )
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
     pending = False
@@ -118,19 +132,9 @@ def triage(request: TriageRequest) -> str:
             f"enrichment not done in {policy.enrichment.timeout_seconds:g} s; "
             "the runbook goes first, the context follows",
         )
-    outcome = decision.strategy
-    if decision.strategy in CONTAINS and incident["suppressed_reason"]:
-        store.add_timeline(
-            incident["id"],
-            "triage",
-            "skip",
-            f"suppressed ({incident['suppressed_reason']}): no runbook started",
-        )
-    elif decision.strategy in CONTAINS and request.start_runbook and not started_before:
-        outcome = contain(ContainmentRequest(incident_id=incident["id"], dry_run=request.dry_run))
     if pending:
         store.record_enrichment(incident["id"], enrichment.result().to_dict(), _lines(enrichment))
-    return outcome
+    return decision.strategy
 
 
 def _lines(enrichment: Any) -> list[str]:

@@ -20,7 +20,6 @@ from sqlalchemy import text as sa_text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
@@ -29,12 +28,11 @@ from runbooks.alerts import AlertIn, fingerprint_of
 from runbooks.bulk import insert_rows
 from runbooks.models import (
     ACTIVE_STATUSES,
-    Action,
     Alert,
     Incident,
     IncidentStatus,
     OutboxEvent,
-    RemediationLock,
+    RunbookRun,
     TimelineEvent,
     UTCDateTime,
     utcnow,
@@ -94,11 +92,28 @@ def transition(session: Session, incident: Incident, to: str, actor: str, why: s
     if to in (IncidentStatus.RESOLVED, IncidentStatus.CLOSED):
         incident.resolved_at = incident.resolved_at or now
         incident.open_group_key = None
+        incident.needs_human = None
     if to == IncidentStatus.CLOSED:
         incident.closed_at = now
     session.add(incident)
     add_timeline(session, incident.id, actor, "status", f"{before} -> {to}: {why}", at=now)
     return True
+
+
+def hand_to_human(session: Session, incident: Incident, actor: str, why: str) -> None:
+    """A runbook stops acting and a person must decide: said on the timeline, kept on the
+    incident, and announced as ml.incident.needs_human (notifications and escalation
+    listen for it)."""
+    incident.needs_human = why
+    incident.updated_at = utcnow()
+    session.add(incident)
+    add_timeline(session, incident.id, actor, "needs_human", f"needs human: {why}")
+    enqueue_event(
+        session,
+        "ml.incident.needs_human",
+        incident,
+        {"reason": why, "severity": incident.severity, "assignee": incident.assignee},
+    )
 
 
 def is_active(incident: Incident) -> bool:
@@ -110,12 +125,17 @@ def model_resource(model: str) -> dict[str, str]:
 
 
 def enqueue_event(
-    session: Session, event: str, incident: Incident | _Open, payload: dict[str, Any]
+    session: Session,
+    event: str,
+    incident: Incident | _Open,
+    payload: dict[str, Any],
+    labels: dict[str, str] | None = None,
 ) -> OutboxEvent:
-    """Stage a Prefect event in the same transaction as the change it announces."""
+    """Stage a Prefect event in the same transaction as the change it announces. `labels`
+    go on the resource, where a deployment trigger's `match` can select on them."""
     out = OutboxEvent(
         event=event,
-        resource=model_resource(incident.model),
+        resource={**model_resource(incident.model), **(labels or {})},
         related=[
             {
                 "prefect.resource.id": f"ml.incident.{incident.id}",
@@ -993,55 +1013,6 @@ def open_reported_incident(
 # Remediation bookkeeping ---------------------------------------------------------------
 
 
-def acquire_lock(session: Session, model: str, incident_id: int, holder: str) -> RemediationLock:
-    """Take the model's remediation lock, or raise naming who holds it."""
-    lock = session.get(RemediationLock, model)
-    if lock is not None:
-        if lock.incident_id == incident_id:
-            return lock
-        raise IncidentStateError(
-            f"model {model} is being remediated by incident {lock.incident_id} "
-            f"({lock.holder}, since {lock.acquired_at:%H:%M:%SZ}); one remediation at a time"
-        )
-    lock = RemediationLock(model=model, incident_id=incident_id, holder=holder)
-    try:
-        with session.begin_nested():
-            session.add(lock)
-    except IntegrityError:
-        other = session.get(RemediationLock, model)
-        raise IncidentStateError(
-            f"model {model} is being remediated by incident "
-            f"{other.incident_id if other else '?'}; one remediation at a time"
-        ) from None
-    return lock
-
-
-def release_lock(session: Session, model: str, incident_id: int) -> None:
-    lock = session.get(RemediationLock, model)
-    if lock is not None and lock.incident_id == incident_id:
-        session.delete(lock)
-
-
-def cooldown_left(
-    session: Session, model: str, kind: str, incident_id: int, cooldown: float
-) -> float:
-    """Seconds until (model, kind) may act again for another incident; 0 when it may."""
-    last = session.exec(
-        select(Action)
-        .where(
-            Action.model == model,
-            Action.kind == kind,
-            Action.status == "done",
-            Action.incident_id != incident_id,
-        )
-        .order_by(col(Action.finished_at).desc())
-    ).first()
-    if last is None or last.finished_at is None:
-        return 0.0
-    left = (last.finished_at + timedelta(seconds=cooldown) - utcnow()).total_seconds()
-    return max(0.0, left)
-
-
 def claim_triage(session: Session, incident_id: int, run: str, force: bool = False) -> str | None:
     """Make `run` the incident's triage; None when it is, else the run that already is."""
     q = sa_update(Incident).where(Incident.id == incident_id)
@@ -1066,22 +1037,71 @@ def restage_stalled(
     the runbook starts anyway."""
     again = []
     for due, what in (
-        (_stalled_openings(session, now, grace_seconds, max_attempts), "the event"),
-        (_stalled_escalations(session, now, grace_seconds, max_attempts), "the escalation"),
+        (
+            _not_queued(_stalled_openings(session, now, grace_seconds, max_attempts), has_run),
+            "triage started {grace} s after the event",
+        ),
+        (
+            _not_queued(_stalled_escalations(session, now, grace_seconds, max_attempts), has_run),
+            "triage started {grace} s after the escalation",
+        ),
+        # A runbook run that waits in a queue claims nothing yet; sending again is safe all
+        # the same, because the second run finds the first one's claim and stops.
+        (
+            _stalled_runbooks(session, now, grace_seconds, max_attempts),
+            "runbook started {grace} s after the triage decision",
+        ),
     ):
-        for incident, events, payload in _not_queued(due, has_run):
+        for incident, events, payload in due:
             n = len(events) + 1
             add_timeline(
                 session,
                 incident.id,
                 "intake",
                 "redelivered",
-                f"no triage started {grace_seconds:g} s after {what} was delivered; "
+                f"no {what.format(grace=f'{grace_seconds:g}')} was delivered; "
                 f"sending it again (attempt {n} of {max_attempts})",
             )
-            enqueue_event(session, events[0].event, incident, {**payload, "attempt": n})
+            labels = {k: v for k, v in events[0].resource.items() if k.startswith("ml.")}
+            enqueue_event(session, events[0].event, incident, {**payload, "attempt": n}, labels)
             again.append(incident.id)
     return again
+
+
+def _stalled_runbooks(
+    session: Session, now: datetime, grace_seconds: float, max_attempts: int
+) -> list[_Stalled]:
+    """A triage decision that named a runbook, was delivered, and started none."""
+    sent: dict[tuple[int, str, str], list[OutboxEvent]] = {}
+    for e in session.exec(
+        select(OutboxEvent)
+        .where(
+            OutboxEvent.event == "ml.incident.triaged",
+            OutboxEvent.occurred > now - timedelta(days=1),
+        )
+        .order_by(col(OutboxEvent.occurred))
+    ):
+        p = e.payload
+        sent.setdefault((p["incident_id"], p.get("runbook", ""), p.get("decision", "")), []).append(
+            e
+        )
+    due = {k: v for k, v in sent.items() if _unanswered(v, now, grace_seconds, max_attempts)}
+    if not due:
+        return []
+    started = {
+        (r.incident_id, r.runbook, r.decision)
+        for r in session.exec(
+            select(RunbookRun).where(col(RunbookRun.incident_id).in_({k[0] for k in due}))
+        )
+    }
+    stalled = []
+    for key, events in sorted(due.items()):
+        incident = session.get(Incident, key[0])
+        if key in started or incident is None or not is_active(incident):
+            continue
+        payload = {k: v for k, v in events[0].payload.items() if k not in ("attempt",)}
+        stalled.append((incident, events, payload))
+    return stalled
 
 
 # An incident to send an event again for: the sends so far, and the payload to send.

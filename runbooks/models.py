@@ -92,6 +92,8 @@ class Incident(SQLModel, table=True):
     last_alert_at: datetime | None = _ts(default=None)
     # The flow run that owns this incident's triage: a redelivered event starts no second.
     triage_run: str | None = None
+    # Why a runbook handed the incident to a person (NULL: it did not, or it resolved).
+    needs_human: str | None = None
 
 
 class Alert(SQLModel, table=True):
@@ -165,15 +167,50 @@ class Approval(SQLModel, table=True):
     decided_at: datetime | None = _ts(default=None)
     decided_by: str | None = None
     comment: str = ""
+    # Who may answer, resolved from the policy when the approval was asked for: the CLI,
+    # the UI form and Slack check the same list, whatever policy file they run with.
+    approvers: list[str] = _json(default_factory=list)
+    expires_at: datetime | None = _ts(default=None)
+    on_timeout: str = "escalate"
 
 
 class RemediationLock(SQLModel, table=True):
-    """At most one remediation per model: the primary key is the model."""
+    """At most one remediation per model: the primary key is the model. The holder renews
+    `expires_at` while it runs; a lock past it belongs to a run that died and is taken."""
 
     model: str = Field(primary_key=True)
     incident_id: int
     holder: str
     acquired_at: datetime = _ts(default_factory=utcnow)
+    expires_at: datetime | None = _ts(default=None)
+
+
+class RunbookRun(SQLModel, table=True):
+    """One runbook started for one incident and one triage decision: a redelivered event,
+    a second automation firing or a re-triage with the same decision starts no second."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("incident_id", "runbook", "decision", name="uq_runbook_run"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    runbook: str
+    decision: str
+    flow_run_id: str
+    started_at: datetime = _ts(default_factory=utcnow)
+    finished_at: datetime | None = _ts(default=None)
+    outcome: str | None = None
+
+
+class AutomationPause(SQLModel, table=True):
+    """The kill switch: while a row covers a model (its name, or "*" for every model), no
+    runbook acts on it; evidence gathering goes on."""
+
+    scope: str = Field(primary_key=True)
+    comment: str
+    paused_by: str
+    paused_at: datetime = _ts(default_factory=utcnow)
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -187,3 +224,14 @@ class OutboxEvent(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = _ts(default_factory=utcnow)
     last_error: str | None = None
+
+    def as_prefect_event(self) -> dict[str, Any]:
+        """The body Prefect's `POST /api/events` takes; the id makes a resend harmless."""
+        return {
+            "id": self.id,
+            "occurred": self.occurred.isoformat(),
+            "event": self.event,
+            "resource": self.resource,
+            "related": self.related,
+            "payload": self.payload,
+        }

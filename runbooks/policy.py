@@ -91,9 +91,16 @@ class Recovery(_Strict):
     below: float | None = None
     source: Literal["exposition", "prometheus"] = "exposition"
     url: str = Field("", description="Scrape URL or Prometheus base URL; {model} is filled.")
-    timeout_seconds: float = Field(120, gt=0)
-    interval_seconds: float = Field(2, gt=0)
+    # The seeds' verification: look every 30 s for 10 minutes.
+    timeout_seconds: float = Field(600, gt=0, description="How long to wait for recovery.")
+    interval_seconds: float = Field(30, gt=0, description="Seconds between readings.")
     consecutive: int = Field(2, ge=1, description="Readings in a row that must pass.")
+    worse_by: float = Field(
+        0.05,
+        ge=0,
+        description="Undo the action when the metric reads this much worse than just "
+        "before it, `consecutive` times in a row.",
+    )
 
 
 class Business(_Strict):
@@ -125,6 +132,15 @@ class ModelPolicy(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     business: Business = Field(default_factory=Business)
     registry: Registry = Field(default_factory=Registry)
+    approvers: dict[Severity, list[str]] = Field(
+        default_factory=dict,
+        description="Who may approve this model's actions, per severity; replaces "
+        "approval.approvers for the severities it names.",
+    )
+
+
+# Words in an approvers list that name a role rather than a person.
+APPROVER_ROLES = ("owners", "oncall", "service_owner", "team_lead")
 
 
 class ApprovalPolicy(_Strict):
@@ -133,10 +149,29 @@ class ApprovalPolicy(_Strict):
         description="Per severity, the action classes that run without a human.",
     )
     timeout_seconds: float = Field(900, gt=0)
+    on_timeout: Literal["escalate", "apply"] = Field(
+        "escalate",
+        description="When nobody answers in time: escalate (keep the safe state, call a "
+        "human) or apply (take the action, as the safe default for this team).",
+    )
+    approvers: dict[Severity, list[str]] = Field(
+        default_factory=lambda: {s: ["owners", "oncall"] for s in ("P1", "P2", "P3")},
+        description="Who may approve, per severity: names, or the roles "
+        "owners / oncall / service_owner / team_lead.",
+    )
 
 
 class Remediation(_Strict):
     cooldown_seconds: float = Field(600, ge=0)
+    lock_lease_seconds: float = Field(
+        120,
+        gt=0,
+        description="A run renews the model's lock while it lives; a crashed run's lock "
+        "is free this long after its last renewal.",
+    )
+    lock_wait_seconds: float = Field(
+        300, ge=0, description="How long a second incident of a model waits for its lock."
+    )
 
 
 class Grouping(_Strict):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 from prefect import task
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
-from runbooks import incidents
+from runbooks import incidents, remediation
 from runbooks.models import Action, Alert, Approval, Incident, IncidentStatus, utcnow
 from runbooks.policy import Policy, load_policy
 from runbooks.settings import get_settings
 from runbooks.store import session_scope
+from tasks import events
 from tasks.retry import BACKOFF, retry_when
 
 _retry = {
@@ -74,15 +77,29 @@ def record_triage(
     reasons: list[str],
     last_alert_read: int = 0,
     policy_file: str | None = None,
+    start: dict[str, Any] | None = None,
 ) -> str | None:
-    """The triage decision (severity, type, strategy, route...) and why, in one commit.
+    """The triage decision (severity, type, strategy, route...) and why, in one commit,
+    with `ml.incident.triaged` staged in it when the decision starts a runbook (`start`:
+    runbook, decision, dry_run): the runbook deployment's trigger matches its strategy.
 
     Returns the severity it escalated to when an alert that joined after triage read the
     incident (id above `last_alert_read`) is worse than the decision, by the policy the
     triage decided with (`policy_file`, else the service's); None otherwise.
     """
+    staged: list[str] = []
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)
+        if start is not None:
+            staged.append(
+                incidents.enqueue_event(
+                    s,
+                    "ml.incident.triaged",
+                    incident,
+                    {"strategy": decision["strategy"], "severity": decision["severity"], **start},
+                    {"ml.strategy": decision["strategy"], "ml.runbook": start["runbook"]},
+                ).id
+            )
         for key, value in decision.items():
             setattr(incident, key, value)
         s.add(incident)
@@ -99,7 +116,9 @@ def record_triage(
                 f"{decision['severity']} {decision['type']}, strategy {decision['strategy']}",
             )
         rules = load_policy(policy_file) if policy_file else policy()
-        return incidents.escalate_for_later_alerts(s, incident, last_alert_read, rules)
+        escalated = incidents.escalate_for_later_alerts(s, incident, last_alert_read, rules)
+    events.publish_now(db(), staged)
+    return escalated
 
 
 @task(**_retry)
@@ -132,21 +151,69 @@ def record_enrichment(incident_id: int, context: dict[str, Any], lines: list[str
 @task(**_retry)
 def acquire_remediation_lock(model: str, incident_id: int, holder: str) -> None:
     with session_scope(db()) as s:
-        incidents.acquire_lock(s, model, incident_id, holder)
+        remediation.acquire_lock(
+            s, model, incident_id, holder, policy().remediation.lock_lease_seconds
+        )
+
+
+@task(**_retry)
+def renew_remediation_lock(model: str, incident_id: int) -> bool:
+    with session_scope(db()) as s:
+        return remediation.renew_lock(
+            s, model, incident_id, policy().remediation.lock_lease_seconds, utcnow()
+        )
 
 
 @task(**_retry)
 def release_remediation_lock(model: str, incident_id: int) -> None:
     with session_scope(db()) as s:
-        incidents.release_lock(s, model, incident_id)
+        remediation.release_lock(s, model, incident_id)
 
 
 @task(**_retry)
 def cooldown_left(model: str, kind: str, incident_id: int) -> float:
     with session_scope(db()) as s:
-        return incidents.cooldown_left(
+        return remediation.cooldown_left(
             s, model, kind, incident_id, policy().remediation.cooldown_seconds
         )
+
+
+@task(**_retry)
+def automation_paused(model: str) -> dict[str, Any] | None:
+    """The kill switch covering `model` (comment, by, since), or None when it may act."""
+    with session_scope(db()) as s:
+        pause = remediation.pause_covering(s, model)
+        return pause.model_dump(mode="json") if pause else None
+
+
+@task(**_retry)
+def claim_runbook(incident_id: int, runbook: str, decision: str, run: str) -> str | None:
+    """None when this run is the runbook for the decision; else the run that already is."""
+    with session_scope(db()) as s:
+        found = remediation.claim_runbook(s, incident_id, runbook, decision, run)
+        if found is None:
+            return None
+        incidents.add_timeline(
+            s,
+            incident_id,
+            runbook,
+            "skip",
+            f"{runbook} run {run} stops: run {found.flow_run_id} already ran it for the "
+            f"decision {decision}",
+        )
+        return found.flow_run_id
+
+
+@task(**_retry)
+def finish_runbook(incident_id: int, runbook: str, run: str, outcome: str) -> None:
+    with session_scope(db()) as s:
+        remediation.finish_runbook(s, incident_id, runbook, run, outcome)
+
+
+@task(**_retry)
+def hand_to_human(incident_id: int, actor: str, why: str) -> None:
+    with session_scope(db()) as s:
+        incidents.hand_to_human(s, s.get(Incident, incident_id), actor, why)
 
 
 @task(**_retry)
@@ -200,9 +267,23 @@ def finish_action(key: str, status: str, result: dict[str, Any], message: str) -
 
 
 @task(**_retry)
-def record_approval_request(incident_id: int, action: str, flow_run_id: str) -> int:
+def record_approval_request(
+    incident_id: int,
+    action: str,
+    flow_run_id: str,
+    approvers: list[str],
+    timeout_seconds: float,
+    on_timeout: str,
+) -> int:
     with session_scope(db()) as s:
-        approval = Approval(incident_id=incident_id, action=action, flow_run_id=flow_run_id)
+        approval = Approval(
+            incident_id=incident_id,
+            action=action,
+            flow_run_id=flow_run_id,
+            approvers=approvers,
+            expires_at=utcnow() + timedelta(seconds=timeout_seconds),
+            on_timeout=on_timeout,
+        )
         s.add(approval)
         s.flush()
         incidents.add_timeline(
@@ -210,26 +291,49 @@ def record_approval_request(incident_id: int, action: str, flow_run_id: str) -> 
             incident_id,
             "containment",
             "approval",
-            f"waiting for approval of {action}: "
-            f"runbooks approve {incident_id} (or the Prefect UI form)",
+            f"waiting for approval of {action} by {', '.join(approvers) or 'nobody'} "
+            f"for {timeout_seconds:g} s (then: {on_timeout}): "
+            f"runbooks approve {incident_id} --by NAME (or the Prefect UI form)",
             {"approval_id": approval.id, "flow_run_id": flow_run_id},
         )
         return approval.id
 
 
 @task(**_retry)
-def record_approval_decision(approval_id: int, status: str, by: str, comment: str) -> None:
+def read_approval(approval_id: int) -> dict[str, Any]:
+    with session_scope(db()) as s:
+        return s.get(Approval, approval_id).model_dump(mode="json")
+
+
+@task(**_retry)
+def record_approval_decision(
+    approval_id: int, status: str, by: str, comment: str
+) -> dict[str, Any]:
+    """Decide a pending approval; the first decision wins (a human and the timeout timer
+    can answer at once). Returns the row as decided, whoever decided it."""
+    with session_scope(db()) as s:
+        q = (
+            sa_update(Approval)
+            .where(Approval.id == approval_id, Approval.status == "pending")
+            .values(status=status, decided_by=by, comment=comment, decided_at=utcnow())
+        )
+        if s.execute(q).rowcount == 1:
+            approval = s.get(Approval, approval_id)
+            incidents.add_timeline(
+                s,
+                approval.incident_id,
+                by,
+                "approval",
+                f"{approval.action} {status.replace('_', ' ')} by {by}"
+                + (f": {comment}" if comment else ""),
+            )
+        approval = s.get(Approval, approval_id)
+        s.refresh(approval)
+        return approval.model_dump(mode="json")
+
+
+@task(**_retry)
+def record_approval_refusal(approval_id: int, message: str) -> None:
     with session_scope(db()) as s:
         approval = s.get(Approval, approval_id)
-        approval.status = status
-        approval.decided_by = by
-        approval.comment = comment
-        approval.decided_at = utcnow()
-        s.add(approval)
-        incidents.add_timeline(
-            s,
-            approval.incident_id,
-            by,
-            "approval",
-            f"{approval.action} {status} by {by}" + (f": {comment}" if comment else ""),
-        )
+        incidents.add_timeline(s, approval.incident_id, "approval", "refused", message)

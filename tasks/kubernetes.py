@@ -103,3 +103,19 @@ def list_namespaced_replica_set(namespace: str) -> list[dict[str, Any]]:
     `kubectl rollout history` does, because labels can overlap between Deployments."""
     out = apps().list_namespaced_replica_set(namespace, _request_timeout=TIMEOUT)
     return [api_client().sanitize_for_serialization(rs) for rs in out.items]
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """A Kubernetes API failure in words a human can act on; None when it is not one."""
+    if isinstance(exc, ApiException):
+        hint = {
+            401: "the runbook's credentials were not accepted; check the kubeconfig or token",
+            403: "the runbook's service account lacks RBAC for this verb; grant it in the "
+            "namespace's Role (see docs/)",
+            404: "the object does not exist; check the policy's target names",
+            409: "the object changed underneath; the next run reads it again",
+        }.get(exc.status, "retried with backoff and still failing" if exc.status else "")
+        return f"Kubernetes API {exc.status} {exc.reason}: {hint}".rstrip(": ")
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return f"Kubernetes API unreachable after retries ({type(exc).__name__}: {exc})"
+    return None

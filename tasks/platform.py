@@ -38,3 +38,12 @@ def post_model_rollback(base_url: str, name: str, target_version: str) -> dict[s
         timeout=TIMEOUT,
     )
     return _check(r)
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """A platform API failure in words a human can act on; None when it is not one."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"model platform answered {exc.response.status_code}: {exc}"
+    if isinstance(exc, httpx.TransportError):
+        return f"model platform unreachable after retries ({type(exc).__name__}: {exc})"
+    return None

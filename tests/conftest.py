@@ -94,34 +94,46 @@ def make_model(
     serving: str,  # type: ignore[no-untyped-def]
     versions: tuple[str, ...] = ("v1", "v2"),
 ) -> None:
-    """A model as a team deploys it: one Deployment per version, a Service picking one."""
-    core.create_namespaced_service(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": app, "namespace": namespace},
-            "spec": {"selector": {"app": app, "version": serving}, "ports": [{"port": 80}]},
-        },
-    )
+    """A model as a team deploys it: one Deployment per version, a Service picking one.
+    Made again (an earlier test's), it is reset: the Service picks `serving`, each version
+    runs 2 replicas, so every test starts from the same state whatever ran before."""
+    from kubernetes.client.exceptions import ApiException
+
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": app, "namespace": namespace},
+        "spec": {"selector": {"app": app, "version": serving}, "ports": [{"port": 80}]},
+    }
+    try:
+        core.create_namespaced_service(namespace, service)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        core.patch_namespaced_service(app, namespace, {"spec": service["spec"]})
     for v in versions:
         labels = {"app": app, "version": v}
-        apps.create_namespaced_deployment(
-            namespace,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"{app}-{v}", "namespace": namespace, "labels": labels},
-                "spec": {
-                    "replicas": 2,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "model", "image": "m"}]},
-                    },
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": f"{app}-{v}", "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "model", "image": "m"}]},
                 },
             },
-        )
+        }
+        try:
+            apps.create_namespaced_deployment(namespace, deployment)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            apps.patch_namespaced_deployment_scale(
+                f"{app}-{v}", namespace, {"spec": {"replicas": 2}}
+            )
 
 
 @pytest.fixture(scope="session")
@@ -155,10 +167,15 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
         "timeout_seconds": 20,
         "consecutive": 1,
     }
-    base["remediation"] = {"cooldown_seconds": 600}
+    base["remediation"] = {
+        "cooldown_seconds": 600,
+        "lock_lease_seconds": 30,
+        "lock_wait_seconds": 1,
+    }
     base["approval"] = {
         "automatic": {"P1": ["containment"], "P2": [], "P3": []},
         "timeout_seconds": 120,
+        "approvers": {s: ["owners", "oncall", "alice"] for s in ("P1", "P2", "P3")},
     }
     base["models"] = {
         name: {
@@ -305,7 +322,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         c.execute(
             sa.text(
                 "TRUNCATE incident, alert, timelineevent, action, approval, "
-                "remediationlock, outboxevent, silence RESTART IDENTITY CASCADE"
+                "remediationlock, outboxevent, silence, runbookrun, automationpause "
+                "RESTART IDENTITY CASCADE"
             )
         )
 

@@ -37,3 +37,21 @@ def test_flow_parameters_are_one_typed_model_for_the_ui_form() -> None:
     for d in runner_deployments():
         props = d._parameter_openapi_schema.properties
         assert list(props) == ["request"], d.name
+
+
+def test_the_runbook_registry_in_prefect_yaml_matches_the_strategy_table() -> None:
+    """Each strategy's runbook (runbooks/strategy.py) is the deployment whose trigger
+    matches that strategy on ml.incident.triaged, and no other deployment's."""
+    from runbooks.strategy import RUNBOOK
+
+    started_by: dict[str, set[str]] = {}
+    for d in runner_deployments():
+        for trigger in d.triggers:
+            if "ml.incident.triaged" not in trigger.expect:
+                continue
+            strategies = trigger.match.root.get("ml.strategy")
+            assert strategies, f"{d.name}: a runbook trigger must match ml.strategy"
+            for strategy in [strategies] if isinstance(strategies, str) else strategies:
+                started_by.setdefault(strategy, set()).add(d.name)
+            assert trigger.parameters["request"]["decision"].startswith("{{ event.payload")
+    assert started_by == {s: {r} for s, r in RUNBOOK.items() if r}

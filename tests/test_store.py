@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from runbooks import incidents
+from runbooks import incidents, remediation
 from runbooks.alerts import parse_alertmanager
 from runbooks.incidents import IncidentStateError
 from runbooks.models import Action, Alert, Incident, OutboxEvent, TimelineEvent
@@ -118,18 +118,18 @@ def test_one_remediation_per_model_at_a_time(db_url: str) -> None:
     a = ingest(db_url, "firing-f1-grouped.json").items[0].incident_id
     b = ingest(db_url, "firing-feature-drift.json").items[0].incident_id
     with session_scope(db_url) as s:
-        incidents.acquire_lock(s, "fraud-v3", a, "run 1")
+        remediation.acquire_lock(s, "fraud-v3", a, "run 1")
     with session_scope(db_url) as s:
-        incidents.acquire_lock(s, "fraud-v3", a, "run 1 retried")  # same incident: fine
+        remediation.acquire_lock(s, "fraud-v3", a, "run 1 retried")  # same incident: fine
     with (
         pytest.raises(IncidentStateError, match=f"being remediated by incident {a}"),
         session_scope(db_url) as s,
     ):
-        incidents.acquire_lock(s, "fraud-v3", b, "run 2")
+        remediation.acquire_lock(s, "fraud-v3", b, "run 2")
     with session_scope(db_url) as s:
-        incidents.release_lock(s, "fraud-v3", a)
+        remediation.release_lock(s, "fraud-v3", a)
     with session_scope(db_url) as s:
-        incidents.acquire_lock(s, "fraud-v3", b, "run 2")
+        remediation.acquire_lock(s, "fraud-v3", b, "run 2")
 
 
 def test_cooldown_counts_from_the_last_action_of_another_incident(db_url: str) -> None:
@@ -148,12 +148,12 @@ def test_cooldown_counts_from_the_last_action_of_another_incident(db_url: str) -
             )
         )
     with session_scope(db_url) as s:
-        assert incidents.cooldown_left(s, "fraud-v3", "rollback", b, 600) == pytest.approx(
+        assert remediation.cooldown_left(s, "fraud-v3", "rollback", b, 600) == pytest.approx(
             500, abs=5
         )
-        assert incidents.cooldown_left(s, "fraud-v3", "rollback", b, 60) == 0
-        assert incidents.cooldown_left(s, "fraud-v3", "rollback", a, 600) == 0
-        assert incidents.cooldown_left(s, "other", "rollback", b, 600) == 0
+        assert remediation.cooldown_left(s, "fraud-v3", "rollback", b, 60) == 0
+        assert remediation.cooldown_left(s, "fraud-v3", "rollback", a, 600) == 0
+        assert remediation.cooldown_left(s, "other", "rollback", b, 600) == 0
 
 
 def test_timestamps_come_back_timezone_aware(db_url: str) -> None:
