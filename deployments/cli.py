@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread.start()
     print(f"intake listening on http://{args.host}:{args.port}", flush=True)
     try:
-        serve_deployments(limit=args.limit)
+        serve_deployments(limit=args.limit, preload=not args.no_preload)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -255,6 +255,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.id:
+        from deployments.report import format_incident
+
         print(format_incident(data))
     else:
         for i in data["items"]:
@@ -265,22 +267,16 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_incident(view: dict) -> str:
-    lines = [
-        f"incident {view['id']}: {view['title']}",
-        f"model {view['model']}  status {view['status']}  severity {view['severity']}  "
-        f"strategy {view['strategy']}",
-        "timeline:",
-    ]
-    for e in view.get("timeline", []):
-        lines.append(f"  {e['at'][11:23]}  {e['actor']:<14} {e['message']}")
-    return "\n".join(lines)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from deployments.demo import run_demo
 
     return run_demo(keep=args.keep)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from deployments.sandbox import run_sandbox
+
+    return run_sandbox(args.models, args.policy, args.home, keep=args.keep)
 
 
 def cmd_diagnose(argv: list[str]) -> int:
@@ -297,6 +293,27 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the demo's temp dir")
     d.set_defaults(func=cmd_demo)
 
+    sb = sub.add_parser(
+        "sandbox",
+        help="run a local stack (Prefect, runbooks serve, sandbox platform) until Ctrl-C; "
+        "prints one JSON line with its URLs, token and CLI environment",
+    )
+    sb.add_argument(
+        "--models",
+        default=None,
+        help="models on the sandbox platform, comma separated (default fraud-v3); each has "
+        "v1 (good, serving) and v2 (a bad release)",
+    )
+    sb.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="your policy file; its models without a target are contained on the sandbox",
+    )
+    sb.add_argument("--home", type=Path, default=None, help="state and logs (default: temp dir)")
+    sb.add_argument("--keep", action="store_true", help="keep the temp home dir at exit")
+    sb.set_defaults(func=cmd_sandbox)
+
     for name, func, helptext in (
         ("serve", cmd_serve, "run the intake and serve the deployments (PREFECT_API_URL)"),
         ("serve-intake", cmd_serve_intake, "run the intake alone"),
@@ -306,6 +323,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--port", type=int, default=8080)
         if name == "serve":
             s.add_argument("--limit", type=int, default=None, help="concurrent runs at most")
+            s.add_argument(
+                "--no-preload",
+                action="store_true",
+                help="start each run in a fresh interpreter (Prefect's default) instead of "
+                "forking one that imported Prefect and the flows already",
+            )
         s.set_defaults(func=func)
 
     c = sub.add_parser("check-config", help="validate a policy file")

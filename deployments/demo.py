@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deployments.cli import format_incident
 from deployments.local import free_port, prefect_env, start_prefect_server, start_runbooks_serve
+from deployments.report import format_incident
 from sandbox.platform import SandboxPlatform
 
 MODEL = "fraud-v3"
