@@ -5,7 +5,11 @@ v2; posts one P1 alert per model, one at a time, and reads when the rollback act
 recorded as started (just before the platform call). Prints p50 and p99, and where the time
 goes (intake -> event delivered -> flow run created -> run started -> action).
 
-    ./run bench alert_to_action [N] [--prefect-postgres] [--tasks]
+    ./run bench alert_to_action [N] [--prefect-postgres] [--tasks] [--compare-preload]
+
+--compare-preload runs the N alerts twice in the same run, with `runbooks serve` forking
+each flow run from a process with Prefect and the flows imported (the default) and with
+`--no-preload` (a fresh interpreter per run, Prefect's own way), and prints the ratio.
 
 --prefect-postgres runs the Prefect server on the local PostgreSQL (a fresh database) instead
 of SQLite: under concurrent writes Prefect-on-SQLite answers some API calls with 503
@@ -49,6 +53,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(n: int = 20) -> None:
+    if "--compare-preload" not in sys.argv:
+        report(measure(n, preload=True), n)
+        return
+    warm = measure(n, preload=True)
+    report(warm, n, "preloaded runs (default)")
+    cold = measure(n, preload=False)
+    report(cold, n, "--no-preload (fresh interpreter per run)")
+    p50 = pct([r["latency"] for r in cold], 0.5) / pct([r["latency"] for r in warm], 0.5)
+    print(f"  p50 with --no-preload / p50 preloaded: {p50:.2f}x")
+
+
+def measure(n: int, preload: bool) -> list[dict]:
     home = Path(tempfile.mkdtemp(prefix="runbooks-bench-"))
     models = [f"bench-{i}" for i in range(n)]
     platform = SandboxPlatform(models=models, serve="v2", batch_size=50, window=500)
@@ -82,7 +98,7 @@ def main(n: int = 20) -> None:
         }
     )
     server = start_prefect_server(home, env, pport)
-    serve = start_runbooks_serve(home, env, iport)
+    serve = start_runbooks_serve(home, env, iport, extra_args=[] if preload else ["--no-preload"])
     intake, api = f"http://127.0.0.1:{iport}", env["PREFECT_API_URL"]
     rows = []
     try:
@@ -121,12 +137,15 @@ def main(n: int = 20) -> None:
         shutil.rmtree(home, ignore_errors=True)
         if pg_db:
             drop_prefect_database(pg_db)
+    return rows
 
+
+def report(rows: list[dict], n: int, label: str = "") -> None:
     lat = [r["latency"] for r in rows]
-    where = "PostgreSQL" if pg_db else "SQLite"
+    where = "PostgreSQL" if "--prefect-postgres" in sys.argv else "SQLite"
     print(
         f"alert POST -> containment call issued, {len(lat)} alerts, one at a time, "
-        f"Prefect server on {where}:"
+        f"Prefect server on {where}{', ' + label if label else ''} ({machine()}):"
     )
     print(
         f"  p50 {pct(lat, 0.5):.2f} s   p99 {pct(lat, 0.99):.2f} s   "
@@ -136,6 +155,13 @@ def main(n: int = 20) -> None:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             print(f"  {key:<16} median {statistics.median(vals):.2f} s after the POST")
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
 
 
 def print_task_runs(api: str, t0: float) -> None:
