@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
+from flows import gradual_rollback as gradual
 from runbooks.policy import KubernetesTarget, ModelPolicy, PlatformTarget
 from runbooks.remediation import LockHeld
 from tasks import actions, metrics
@@ -74,7 +75,7 @@ def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) ->
             f"models.{incident['model']}.target to contain it automatically",
         )
         return "no_target"
-    kind = action_kind(target)
+    kind = action_kind(target, incident.get("strategy"))
     try:
         with_lock = wait_for_lock(incident, f"containment flow run {run}")
         if with_lock is not None:
@@ -125,6 +126,8 @@ def _contain_locked(
                 incident["id"], "investigating", RUNBOOK, f"containing with {kind}"
             )
         before = read_metric(incident, model_policy)
+        if kind == "gradual_rollback":
+            return _roll_back_gradually(incident, request, target, model_policy, before, run)
         try:
             move = plan_move(incident, target, kind)
         except NoRollbackTarget as missing:
@@ -146,6 +149,33 @@ def _contain_locked(
             return "automation_paused" if done.status == "paused" else "action_failed"
         store.set_incident_status(incident["id"], "mitigated", RUNBOOK, done.message)
         return verify_and_decide(incident, model_policy, done, before)
+
+
+def _roll_back_gradually(
+    incident: dict[str, Any],
+    request: ContainmentRequest,
+    target: PlatformTarget,
+    model_policy: ModelPolicy,
+    before: float | None,
+    run: str,
+) -> str:
+    try:
+        split = gradual.platform_split(target.url, target.name.format(model=incident["model"]))
+    except gradual.NoSplit as missing:
+        store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
+        return "no_rollback_target"
+    except Exception as exc:
+        why = actions.describe_error(exc)
+        if why is None:
+            raise
+        store.hand_to_human(
+            incident["id"], RUNBOOK, f"reading the traffic split failed: {why}; nothing changed"
+        )
+        return "action_failed"
+    shifted = gradual.shift_gradually(incident, split, model_policy.rollout, request.dry_run, run)
+    if isinstance(shifted, str):
+        return shifted
+    return verify_and_decide(incident, model_policy, shifted, before)
 
 
 def verify_and_decide(
@@ -222,8 +252,10 @@ def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
-def action_kind(target: KubernetesTarget | PlatformTarget) -> str:
-    return "platform_rollback" if isinstance(target, PlatformTarget) else target.action
+def action_kind(target: KubernetesTarget | PlatformTarget, strategy: str | None = None) -> str:
+    if isinstance(target, PlatformTarget):
+        return "gradual_rollback" if strategy == "gradual_rollback" else "platform_rollback"
+    return target.action
 
 
 def cooled_down(incident: dict[str, Any], kind: str) -> bool:

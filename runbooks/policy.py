@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Severity = Literal["P1", "P2", "P3"]
 SEVERITY_ALIASES = {"critical": "P1", "high": "P2", "medium": "P3", "low": "P3", "info": "P3"}
@@ -103,6 +111,37 @@ class Recovery(_Strict):
     )
 
 
+class Rollout(_Strict):
+    """How a gradual rollback shifts traffic back and judges each step (checks/rollout.py)."""
+
+    # The seed's gradual rollback: half the traffic, then all of it.
+    steps: list[int] = Field(
+        default_factory=lambda: [50, 100],
+        min_length=1,
+        description="Percent of traffic on the version rolled back to, step by step; the "
+        "last must be 100.",
+    )
+    window_seconds: float = Field(
+        60, gt=0, description="How long each step serves before it is judged."
+    )
+    min_samples: int = Field(
+        100,
+        ge=1,
+        description="Rows (TP + FP + FN) needed on each side before a step is judged; "
+        "fewer is inconclusive and pauses for a human.",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the step's test.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"steps must rise strictly within 1..100, e.g. [50, 100]; got {steps}")
+        if steps[-1] != 100:
+            raise ValueError(f"the last step must be 100 (all traffic back), got {steps}")
+        return steps
+
+
 class Business(_Strict):
     """What the model is worth: orders incidents and bounds automatic rollback."""
 
@@ -130,6 +169,7 @@ class ModelPolicy(_Strict):
     )
     target: Target | None = None
     recovery: Recovery = Field(default_factory=Recovery)
+    rollout: Rollout = Field(default_factory=Rollout)
     business: Business = Field(default_factory=Business)
     registry: Registry = Field(default_factory=Registry)
     approvers: dict[Severity, list[str]] = Field(

@@ -64,16 +64,19 @@ def await_approval(
     action: str,
     description: str,
     flow_run_id: str,
+    action_class: str = "containment",
 ) -> Answer:
-    """Ask, wait, and return the decision; automatic when the policy allows the action."""
+    """Ask, wait, and return the decision; automatic when the policy allows the action's
+    class at this severity (a class no policy lists, such as a gradual rollback's
+    inconclusive step, always asks)."""
     policy = store.policy()
     sev = severity or policy.default_severity
-    if not policy.needs_approval(sev, "containment"):
+    if not policy.needs_approval(sev, action_class):
         store.add_timeline(
             incident_id,
             "containment",
             "approval",
-            f"{action} runs without approval: the policy allows containment at {sev}",
+            f"{action} runs without approval: the policy allows {action_class} at {sev}",
         )
         return Answer("automatic", "policy", "", True)
     allowed = approvers(policy, model, sev, datetime.now(UTC))

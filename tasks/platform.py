@@ -40,6 +40,16 @@ def post_model_rollback(base_url: str, name: str, target_version: str) -> dict[s
     return _check(r)
 
 
+@task(**_retry)
+def post_model_traffic(base_url: str, name: str, split: dict[str, int]) -> dict[str, Any]:
+    """Set the traffic split in integer percents, e.g. {"v1": 50, "v2": 50}; setting the
+    split it already has is success, so a retry is safe."""
+    r = httpx.post(
+        f"{base_url.rstrip('/')}/api/v1/ml/models/{name}/traffic", json=split, timeout=TIMEOUT
+    )
+    return _check(r)
+
+
 def describe_error(exc: BaseException) -> str | None:
     """A platform API failure in words a human can act on; None when it is not one."""
     if isinstance(exc, httpx.HTTPStatusError):

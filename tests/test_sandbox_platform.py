@@ -631,9 +631,9 @@ def test_metrics_expose_per_version_window_counts_that_match_the_status() -> Non
 
 
 def test_an_error_closes_the_connection_so_the_next_request_on_a_client_is_clean() -> None:
-    with SandboxPlatform(models=["m"], serve="v2") as platform:
-        with httpx.Client(base_url=platform.url, timeout=5) as client:
-            missing = client.post("/api/v1/ml/models/nope/rollback", json={"targetVersion": "v1"})
-            assert missing.status_code == 404
-            assert missing.headers["connection"] == "close"
-            assert client.get("/healthz").json()["status"] == "ok"
+    platform = SandboxPlatform(models=["m"], serve="v2")
+    with platform, httpx.Client(base_url=str(platform.url), timeout=5) as client:
+        missing = client.post("/api/v1/ml/models/nope/rollback", json={"targetVersion": "v1"})
+        assert missing.status_code == 404
+        assert missing.headers["connection"] == "close"
+        assert client.get("/healthz").json()["status"] == "ok"
