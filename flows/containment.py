@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from flows import gradual_rollback as gradual
 from runbooks.policy import KubernetesTarget, ModelPolicy, PlatformTarget
 from runbooks.remediation import LockHeld
-from tasks import actions, metrics
+from tasks import actions, metrics, traffic
 from tasks import incident_store as store
 from tasks import kubernetes as k8s
 from tasks import platform as ml_platform
@@ -160,8 +160,8 @@ def _roll_back_gradually(
     run: str,
 ) -> str:
     try:
-        split = gradual.platform_split(target.url, target.name.format(model=incident["model"]))
-    except gradual.NoSplit as missing:
+        split = traffic.platform_split(target.url, target.name.format(model=incident["model"]))
+    except traffic.NoSplit as missing:
         store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
         return "no_rollback_target"
     except Exception as exc:
