@@ -69,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread.start()
     print(f"intake listening on http://{args.host}:{args.port}", flush=True)
     try:
-        serve_deployments(limit=args.limit, preload=not args.no_preload)
+        serve_deployments(
+            limit=args.limit, preload=not args.no_preload, poll_seconds=args.poll_seconds
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -328,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="start each run in a fresh interpreter (Prefect's default) instead of "
                 "forking one that imported Prefect and the flows already",
+            )
+            s.add_argument(
+                "--poll-seconds",
+                type=float,
+                default=0.5,
+                help="how often to ask Prefect for runs to start (default 0.5)",
             )
         s.set_defaults(func=func)
 

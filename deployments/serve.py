@@ -84,13 +84,22 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
     return out
 
 
-def serve_deployments(limit: int | None = None, preload: bool = True) -> None:
+def serve_deployments(
+    limit: int | None = None, preload: bool = True, poll_seconds: float = 0.5
+) -> None:
+    """Serve every deployment in prefect.yaml from this process.
+
+    `poll_seconds`: how often the runner asks the server for runs to start. Every alert
+    waits for it twice (triage, then the runbook); Prefect's setting
+    (PREFECT_RUNNER_POLL_FREQUENCY) takes whole seconds only. One query per poll is cheap
+    next to the wait it saves.
+    """
     from prefect import serve
 
     deployments = runner_deployments()
     if preload:
         start_runs_preloaded([spec["entrypoint"].split(":")[0] for spec in load_deployment_specs()])
-    serve(*deployments, limit=limit, print_starting_message=True)
+    serve(*deployments, limit=limit, print_starting_message=True, query_seconds=poll_seconds)
 
 
 def start_runs_preloaded(entrypoint_files: list[str]) -> bool:
