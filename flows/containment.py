@@ -33,6 +33,8 @@ from tasks.actions import Done, Move
 from tasks.approvals import await_approval
 
 PREVIOUS_VERSION_ANNOTATION = "ml-runbooks.io/previous-version"
+# A deploy pipeline (or a post-mortem) marks a version it must never go back to.
+STABLE_ANNOTATION = "ml-runbooks.io/stable"
 RUNBOOK = "containment"
 
 
@@ -315,27 +317,46 @@ def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget
 
 
 def previous_version(svc: dict[str, Any], target: KubernetesTarget, current: str | None) -> str:
-    """The annotation the deploy pipeline leaves, else the newest other version deployed."""
-    annotated = (svc["metadata"].get("annotations") or {}).get(PREVIOUS_VERSION_ANNOTATION)
-    if annotated:
-        return annotated
+    """The annotation the deploy pipeline leaves, else the newest other version deployed;
+    never a version without a Deployment or one marked not stable."""
     app = (svc["spec"].get("selector") or {}).get(target.app_label)
-    deployments = k8s.list_namespaced_deployment(target.namespace, f"{target.app_label}={app}")
-    versions = [
-        (
-            d["metadata"].get("creationTimestamp") or "",
-            d["metadata"]["labels"][target.version_label],
-        )
-        for d in deployments
+    deployments = [
+        d
+        for d in k8s.list_namespaced_deployment(target.namespace, f"{target.app_label}={app}")
         # The selector asked for these already; checked again so that an API that ignores
         # it (the test cluster's does) cannot route one model to another model's pods.
         if (d["metadata"].get("labels") or {}).get(target.app_label) == app
         and target.version_label in d["metadata"]["labels"]
-        and d["metadata"]["labels"][target.version_label] != current
+    ]
+    deployed = {d["metadata"]["labels"][target.version_label]: d for d in deployments}
+    unstable = sorted(
+        v
+        for v, d in deployed.items()
+        if (d["metadata"].get("annotations") or {}).get(STABLE_ANNOTATION) == "false"
+    )
+    annotated = (svc["metadata"].get("annotations") or {}).get(PREVIOUS_VERSION_ANNOTATION)
+    if annotated:
+        if annotated not in deployed:
+            raise NoRollbackTarget(
+                f"the service names {annotated} as the previous version of {app} "
+                f"({PREVIOUS_VERSION_ANNOTATION}), but no Deployment labelled "
+                f"{target.app_label}={app},{target.version_label}={annotated} exists"
+            )
+        if annotated in unstable:
+            raise NoRollbackTarget(
+                f"{app} {annotated}, the previous version, is marked not stable "
+                f'({STABLE_ANNOTATION}: "false" on its Deployment)'
+            )
+        return annotated
+    versions = [
+        (d["metadata"].get("creationTimestamp") or "", v)
+        for v, d in deployed.items()
+        if v != current and v not in unstable
     ]
     if not versions:
+        marked = f" ({', '.join(unstable)} marked not stable)" if unstable else ""
         raise NoRollbackTarget(
-            f"no previous version of {app} to route to: annotate the service with "
+            f"no previous version of {app} to route to{marked}: annotate the service with "
             f"{PREVIOUS_VERSION_ANNOTATION} or keep the previous Deployment labelled "
             f"{target.app_label}={app},{target.version_label}=<version>"
         )

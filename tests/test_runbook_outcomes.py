@@ -24,7 +24,7 @@ from prefect.flow_runs import resume_flow_run
 from sqlmodel import col, select
 
 from deployments.cli import main as cli
-from flows.containment import ContainmentRequest, contain
+from flows.containment import STABLE_ANNOTATION, ContainmentRequest, contain
 from runbooks import remediation
 from runbooks.models import Approval, Incident, OutboxEvent, RemediationLock
 from runbooks.policy import KubernetesTarget, ModelPolicy, Recovery
@@ -316,6 +316,17 @@ def test_a_missing_rollback_target_refuses_and_escalates(model, kube) -> None:  
     assert contain(ContainmentRequest(incident_id=incident_id)) == "no_rollback_target"
     assert selector(kube, name) == "v2"
     assert "no previous version" in (needs_human(incident_id) or "")
+
+
+def test_a_previous_version_marked_not_stable_is_refused(model, kube) -> None:  # type: ignore[no-untyped-def]
+    name, _ = model
+    _, apps = kube.clients()
+    marked = {"metadata": {"annotations": {STABLE_ANNOTATION: "false"}}}
+    apps.patch_namespaced_deployment(f"{name}-v1", NS, marked)
+    incident_id = open_incident(name)
+    assert contain(ContainmentRequest(incident_id=incident_id)) == "no_rollback_target"
+    assert selector(kube, name) == "v2"
+    assert "v1 marked not stable" in (needs_human(incident_id) or "")
 
 
 def test_a_decision_runs_once_however_often_its_event_arrives(model, kube) -> None:  # type: ignore[no-untyped-def]
