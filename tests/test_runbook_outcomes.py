@@ -1,7 +1,7 @@
 """Every way the containment runbook can end, each a defined outcome with the run Completed:
 approvals (allowed, refused, rejected, timed out both ways), a rollback that makes it worse
 (undone), no recovery (safe state kept), the kill switch, a dead run's lock, a missing
-rollback target, and a Kubernetes API that fails (500 then success, 403).
+rollback target, and a Kubernetes API that fails (500 then success, a timeout, 403).
 
 Runs in-process against the session's real Prefect server and the stateful Kubernetes API.
 Each test has its own model, so none leans on another's state. The model's quality
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -341,11 +342,16 @@ def test_a_decision_runs_once_however_often_its_event_arrives(model, kube) -> No
 # -- the Kubernetes API failing -------------------------------------------------------
 
 
+HANG = -1  # a fault that answers nothing
+
+
 class FaultyProxy:
-    """Forwards to the Kubernetes API, answering the first PATCHes with given statuses."""
+    """Forwards to the Kubernetes API, answering the first PATCHes with given statuses (or
+    not at all, for HANG)."""
 
     def __init__(self, upstream: str) -> None:
         self.faults: list[int] = []
+        self.hang_seconds = 3.0
         self.patches = 0
         outer = self
 
@@ -358,6 +364,11 @@ class FaultyProxy:
                 body = self.rfile.read(length) if length else None
                 if self.command == "PATCH":
                     outer.patches += 1
+                    if outer.faults and outer.faults[0] == HANG:
+                        outer.faults.pop(0)
+                        # Longer than the client's timeout; the PATCH never reaches the API.
+                        time.sleep(outer.hang_seconds)
+                        return
                     if outer.faults:
                         code = outer.faults.pop(0)
                         status = {
@@ -405,6 +416,19 @@ def faulty(kube: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
 def test_a_kubernetes_500_is_retried_and_the_action_taken_once(model, kube, faulty) -> None:  # type: ignore[no-untyped-def]
     name, _ = model
     faulty.faults = [500]
+    incident_id = open_incident(name)
+    assert contain(ContainmentRequest(incident_id=incident_id)) == "resolved"
+    assert faulty.patches == 2
+    assert selector(kube, name) == "v1"
+    assert [a.status for a in actions_of(incident_id)] == ["done"]
+
+
+def test_a_kubernetes_api_that_times_out_is_retried_and_the_action_taken_once(
+    model, kube, faulty, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    name, _ = model
+    monkeypatch.setattr(k8s, "TIMEOUT", 1.0)
+    faulty.faults = [HANG]
     incident_id = open_incident(name)
     assert contain(ContainmentRequest(incident_id=incident_id)) == "resolved"
     assert faulty.patches == 2
