@@ -155,11 +155,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_automation(args: argparse.Namespace) -> int:
     """The kill switch: while paused, no runbook acts on the model (or on any model)."""
-    from sqlmodel import select
-
     from runbooks import remediation
-    from runbooks.incidents import add_timeline
-    from runbooks.models import ACTIVE_STATUSES, Incident
     from runbooks.settings import get_settings
     from runbooks.store import migrate, session_scope
 
@@ -169,7 +165,7 @@ def cmd_automation(args: argparse.Namespace) -> int:
         if args.action == "status":
             pauses = remediation.automation_pauses(s)
             if args.json:
-                print(json.dumps([p.model_dump(mode="json") for p in pauses]))
+                print(json.dumps([remediation.pause_view(p) for p in pauses]))
             elif not pauses:
                 print("automation runs: no pause")
             for p in [] if args.json else pauses:
@@ -177,24 +173,16 @@ def cmd_automation(args: argparse.Namespace) -> int:
                 since = f"{p.paused_at:%Y-%m-%d %H:%M:%SZ}"
                 print(f"paused for {scope} by {p.paused_by} since {since}: {p.comment}")
             return 0
-        scope = args.model or "every model"
-        if args.action == "pause":
-            try:
-                remediation.pause_automation(s, args.model, args.comment, args.by)
-            except ValueError as err:
-                print(f"--{err}", file=sys.stderr)
-                return 2
-            line = f"automation paused for {scope} by {args.by}: {args.comment}"
-        else:
-            if not remediation.resume_automation(s, args.model):
-                print(f"automation was not paused for {scope}", file=sys.stderr)
-                return 1
-            line = f"automation resumed for {scope} by {args.by}"
-        q = select(Incident).where(Incident.status.in_(ACTIVE_STATUSES))
-        if args.model:
-            q = q.where(Incident.model == args.model)
-        for incident in s.exec(q):
-            add_timeline(s, incident.id, args.by, "automation", line)
+        try:
+            line = remediation.switch_automation(
+                s, args.action == "pause", args.model, args.by, getattr(args, "comment", "")
+            )
+        except ValueError as err:
+            print(f"--{err}", file=sys.stderr)
+            return 2
+        except remediation.NotPaused as err:
+            print(err, file=sys.stderr)
+            return 1
     print(line)
     return 0
 

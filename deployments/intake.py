@@ -20,7 +20,7 @@ from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
 from deployments.outbox import OutboxDeliverer
-from runbooks import silences
+from runbooks import remediation, silences
 from runbooks.alerts import (
     AlertIn,
     AlertPayloadError,
@@ -292,6 +292,48 @@ def create_app(
             if row is None:
                 raise IntakeError(404, f"no silence {silence_id}; list them at /api/v1/silences")
             return silences.view(row, now)
+
+    @app.get("/api/v1/automation")
+    def automation_status(request: Request) -> dict[str, Any]:
+        authorize(request)
+        with session_scope(database_url) as s:
+            items = [remediation.pause_view(p) for p in remediation.automation_pauses(s)]
+        return {"paused": bool(items), "items": items}
+
+    @app.post("/api/v1/automation/pause")
+    async def pause_automation(request: Request) -> dict[str, Any]:
+        body = await body_of(request)
+        return await run_in_threadpool(switch, body, True)
+
+    @app.post("/api/v1/automation/resume")
+    async def resume_automation(request: Request) -> dict[str, Any]:
+        body = await body_of(request)
+        return await run_in_threadpool(switch, body, False)
+
+    def switch(body: dict[str, Any], pause: bool) -> dict[str, Any]:
+        """The kill switch over HTTP, as `runbooks automation pause|resume`."""
+        fields = {"model", "by", "comment"} if pause else {"model", "by"}
+        if not isinstance(body, dict):
+            raise IntakeError(422, f'body must be an object like {{"by": "alice"}}, got {body!r}')
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            raise IntakeError(422, f"unknown fields {unknown}; this takes {sorted(fields)}")
+        for name in fields:
+            if name in body and not isinstance(body[name], str | None):
+                raise IntakeError(422, f"{name} must be a string, got {body[name]!r}")
+        by = (body.get("by") or "").strip()
+        if not by:
+            raise IntakeError(422, 'by: say who switches automation, e.g. {"by": "alice"}')
+        model = body.get("model") or None
+        with session_scope(database_url) as s:
+            try:
+                line = remediation.switch_automation(s, pause, model, by, body.get("comment") or "")
+            except ValueError as err:
+                raise IntakeError(422, str(err)) from None
+            except remediation.NotPaused as err:
+                raise IntakeError(409, str(err)) from None
+            items = [remediation.pause_view(p) for p in remediation.automation_pauses(s)]
+        return {"message": line, "paused": bool(items), "items": items}
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -6,6 +6,7 @@ a rule depends on it."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
@@ -13,7 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from runbooks.incidents import IncidentStateError, add_timeline
-from runbooks.models import Action, AutomationPause, RemediationLock, RunbookRun, utcnow
+from runbooks.models import (
+    ACTIVE_STATUSES,
+    Action,
+    AutomationPause,
+    Incident,
+    RemediationLock,
+    RunbookRun,
+    utcnow,
+)
 
 EVERY_MODEL = "*"
 
@@ -156,6 +165,36 @@ def resume_automation(session: Session, model: str | None) -> bool:
         session.execute(sa_delete(AutomationPause).where(AutomationPause.scope == scope)).rowcount
         == 1
     )
+
+
+class NotPaused(LookupError):
+    pass
+
+
+def switch_automation(
+    session: Session, pause: bool, model: str | None, by: str, comment: str = ""
+) -> str:
+    """Pause (or resume) automation for `model` or every model, and put the line it returns
+    on the timeline of every active incident it covers. ValueError for a pause without a
+    comment, NotPaused for a resume of nothing."""
+    scope = model or "every model"
+    if pause:
+        pause_automation(session, model, comment, by)
+        line = f"automation paused for {scope} by {by}: {comment}"
+    else:
+        if not resume_automation(session, model):
+            raise NotPaused(f"automation was not paused for {scope}")
+        line = f"automation resumed for {scope} by {by}"
+    q = select(Incident).where(col(Incident.status).in_(ACTIVE_STATUSES))
+    if model:
+        q = q.where(Incident.model == model)
+    for incident in session.exec(q):
+        add_timeline(session, incident.id, by, "automation", line)
+    return line
+
+
+def pause_view(row: AutomationPause) -> dict[str, Any]:
+    return {**row.model_dump(mode="json"), "every_model": row.scope == EVERY_MODEL}
 
 
 def automation_pauses(session: Session) -> list[AutomationPause]:

@@ -164,3 +164,35 @@ def test_event_waits_in_outbox_while_prefect_is_down_then_is_delivered(
 
     # Prefect persists events in batches, a few seconds after it accepted them.
     wait_for(stored_in_prefect, timeout=30, what="the event in Prefect's event store")
+
+
+def test_the_kill_switch_over_http_pauses_resumes_and_tells_open_incidents(client) -> None:  # type: ignore[no-untyped-def]
+    opened = client.post(
+        "/api/v1/alerts",
+        headers=AUTH,
+        json={"model": "ks-model", "alertname": "F1Low", "metric": "f1_score", "value": 0.4},
+    )
+    incident_id = opened.json()["incidents"][0]
+    assert client.post("/api/v1/automation/pause", json={"by": "sre"}).status_code == 401
+    no_why = client.post("/api/v1/automation/pause", headers=AUTH, json={"by": "sre"})
+    assert no_why.status_code == 422 and "comment" in no_why.json()["error"]
+    typo = client.post("/api/v1/automation/pause", headers=AUTH, json={"by": "sre", "modle": "x"})
+    assert typo.status_code == 422 and "modle" in typo.json()["error"]
+
+    paused = client.post(
+        "/api/v1/automation/pause",
+        headers=AUTH,
+        json={"model": "ks-model", "by": "sre", "comment": "bad deploy pipeline"},
+    )
+    assert paused.status_code == 200
+    assert paused.json()["message"] == "automation paused for ks-model by sre: bad deploy pipeline"
+    status = client.get("/api/v1/automation", headers=AUTH).json()
+    assert status["paused"] and status["items"][0]["scope"] == "ks-model"
+    timeline = client.get(f"/api/v1/incidents/{incident_id}", headers=AUTH).json()["timeline"]
+    assert any("automation paused for ks-model" in e["message"] for e in timeline)
+
+    body = {"model": "ks-model", "by": "sre"}
+    assert client.post("/api/v1/automation/resume", headers=AUTH, json=body).status_code == 200
+    again = client.post("/api/v1/automation/resume", headers=AUTH, json=body)
+    assert again.status_code == 409 and "not paused" in again.json()["error"]
+    assert client.get("/api/v1/automation", headers=AUTH).json() == {"paused": False, "items": []}
