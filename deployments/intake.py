@@ -28,7 +28,7 @@ from runbooks.alerts import (
     parse_generic,
     parse_report,
 )
-from runbooks.incidents import IngestResult, ingest, open_reported_incident
+from runbooks.ingest import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
 from runbooks.store import migrate, session_scope, writer_slot

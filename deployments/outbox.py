@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 import httpx
 from sqlmodel import col, select
 
-from runbooks.incidents import restage_stalled
 from runbooks.models import OutboxEvent, utcnow
 from runbooks.store import session_scope
+from runbooks.watchdog import restage_stalled
 
 log = logging.getLogger("runbooks.outbox")
 BATCH = 200

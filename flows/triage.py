@@ -19,7 +19,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows.containment import flow_run_id
-from runbooks.incidents import confidence_from
+from runbooks.ingest import confidence_from
 from runbooks.policy import KubernetesTarget, ModelPolicy, Policy, load_policy
 from runbooks.routing import criticality, oncall_now, route
 from runbooks.severity import RANK, Assessment, assess

@@ -11,7 +11,8 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
-from runbooks import incidents, remediation
+from runbooks import incidents, ingest, remediation
+from runbooks.events import enqueue_event
 from runbooks.models import Action, Alert, Approval, Incident, IncidentStatus, utcnow
 from runbooks.policy import Policy, load_policy
 from runbooks.settings import get_settings
@@ -92,7 +93,7 @@ def record_triage(
         incident = s.get(Incident, incident_id)
         if start is not None:
             staged.append(
-                incidents.enqueue_event(
+                enqueue_event(
                     s,
                     "ml.incident.triaged",
                     incident,
@@ -116,7 +117,7 @@ def record_triage(
                 f"{decision['severity']} {decision['type']}, strategy {decision['strategy']}",
             )
         rules = load_policy(policy_file) if policy_file else policy()
-        escalated = incidents.escalate_for_later_alerts(s, incident, last_alert_read, rules)
+        escalated = ingest.escalate_for_later_alerts(s, incident, last_alert_read, rules)
     events.publish_now(db(), staged)
     return escalated
 

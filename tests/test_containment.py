@@ -12,6 +12,7 @@ from flows.containment import ContainmentRequest, contain
 from flows.triage import TriageRequest, triage
 from runbooks import incidents, remediation
 from runbooks.alerts import AlertIn
+from runbooks.ingest import ingest
 from runbooks.models import Action, Incident, TimelineEvent
 from runbooks.policy import load_policy
 from runbooks.settings import get_settings
@@ -45,7 +46,7 @@ def open_incident(model: str, version: str = "v2", severity: str = "P1") -> int:
         # Each call is its own incident: group by alertname, which is unique per call.
         policy = load_policy()
         policy.grouping.by = ["model", "alertname"]
-        result = incidents.ingest(s, [alert], policy)
+        result = ingest(s, [alert], policy)
         incident = s.get(Incident, result.items[0].incident_id)
         incident.severity = severity
         # Claimed: the stack's automation also starts a triage for the incident, whose own

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import col, select
 
 from deployments.intake import store_alerts
-from runbooks import incidents
 from runbooks.alerts import parse_generic
 from runbooks.bulk import insert_rows
+from runbooks.ingest import IngestResult, ingest
 from runbooks.models import Alert, Incident, OutboxEvent, TimelineEvent
 from runbooks.policy import load_policy
 from runbooks.store import session_scope
@@ -35,9 +35,9 @@ def alert(i: int, models: int = 5, **kw: object) -> dict:
     }
 
 
-def post(url: str, body: list[dict], now: datetime = T0) -> incidents.IngestResult:
+def post(url: str, body: list[dict], now: datetime = T0) -> IngestResult:
     with session_scope(url) as s:
-        return incidents.ingest(s, parse_generic(body, now), POLICY, now=now)
+        return ingest(s, parse_generic(body, now), POLICY, now=now)
 
 
 def opened_events(url: str) -> list[int]:

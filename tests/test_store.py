@@ -14,6 +14,8 @@ from sqlmodel import select
 from runbooks import incidents, remediation
 from runbooks.alerts import parse_alertmanager
 from runbooks.incidents import IncidentStateError
+from runbooks.ingest import IngestResult
+from runbooks.ingest import ingest as ingest_alerts
 from runbooks.models import Action, Alert, Incident, OutboxEvent, TimelineEvent
 from runbooks.policy import load_policy
 from runbooks.store import get_engine, migrate, session_scope
@@ -26,9 +28,9 @@ def payload(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
 
 
-def ingest(url: str, name: str) -> incidents.IngestResult:
+def ingest(url: str, name: str) -> IngestResult:
     with session_scope(url) as s:
-        return incidents.ingest(s, parse_alertmanager(payload(name)), POLICY)
+        return ingest_alerts(s, parse_alertmanager(payload(name)), POLICY)
 
 
 def test_migration_from_empty_database_creates_every_table(db_url: str) -> None:
@@ -99,7 +101,7 @@ def test_alert_firing_after_its_incident_resolved_opens_a_new_one(db_url: str) -
     for a in refire["alerts"]:
         a["startsAt"] = "2026-11-22T20:00:00Z"
     with session_scope(db_url) as s:
-        second = incidents.ingest(s, parse_alertmanager(refire), POLICY)
+        second = ingest_alerts(s, parse_alertmanager(refire), POLICY)
     assert second.items[0].outcome == "opened"
     assert second.incident_ids != first.incident_ids
 

@@ -12,6 +12,7 @@ from sqlmodel import select
 from deployments.intake import create_app
 from runbooks import incidents
 from runbooks.alerts import parse_generic
+from runbooks.ingest import IngestResult, escalate_for_later_alerts, ingest
 from runbooks.models import Alert, Incident, OutboxEvent, TimelineEvent
 from runbooks.policy import load_policy, parse_policy
 from runbooks.routing import route
@@ -21,6 +22,7 @@ from runbooks.silences import build as build_silence
 from runbooks.store import session_scope
 from runbooks.strategy import choose_strategy
 from runbooks.taxonomy import classify
+from runbooks.watchdog import restage_stalled
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
 
@@ -192,9 +194,9 @@ def test_route_escalates_compliance_and_keeps_deadlines_of_the_severity() -> Non
 # --- suppression and grouping through the store -----------------------------------------
 
 
-def post(url: str, policy, alerts: list[dict], now: datetime) -> incidents.IngestResult:  # type: ignore[no-untyped-def]
+def post(url: str, policy, alerts: list[dict], now: datetime) -> IngestResult:  # type: ignore[no-untyped-def]
     with session_scope(url) as s:
-        return incidents.ingest(s, parse_generic(alerts, now), policy, now=now)
+        return ingest(s, parse_generic(alerts, now), policy, now=now)
 
 
 def opened_events(url: str, incident_id: int) -> int:
@@ -418,7 +420,7 @@ def deliver(url: str, at: datetime) -> None:
 
 def restage(url: str, at: datetime) -> list[int]:
     with session_scope(url) as s:
-        return incidents.restage_stalled(s, at, grace_seconds=60)
+        return restage_stalled(s, at, grace_seconds=60)
 
 
 def test_opened_incident_whose_runbook_never_started_gets_its_event_again(db_url: str) -> None:
@@ -458,7 +460,7 @@ def test_a_queued_run_is_not_taken_for_a_lost_one(db_url: str) -> None:
         return {iid}
 
     with session_scope(db_url) as s:
-        assert incidents.restage_stalled(s, t + timedelta(seconds=90), 60, has_run=has_run) == []
+        assert restage_stalled(s, t + timedelta(seconds=90), 60, has_run=has_run) == []
     assert asked == [[iid]]
 
 
@@ -579,14 +581,14 @@ def test_an_alert_that_joined_while_triage_decided_escalates_when_it_records(db_
     with session_scope(db_url) as s:
         row = s.get(Incident, iid)
         row.severity = "P2"
-        assert incidents.escalate_for_later_alerts(s, row, read_up_to, POLICY) == "P1"
+        assert escalate_for_later_alerts(s, row, read_up_to, POLICY) == "P1"
     assert incident(db_url, iid).severity == "P1"
     assert [e["previous"] for e in escalations(db_url, iid)] == ["P2"]
     assert "joined while triage decided" in escalated_lines(db_url, iid)[0]
     # Nothing later than what the re-triage reads: nothing to do.
     with session_scope(db_url) as s:
         row = s.get(Incident, iid)
-        assert incidents.escalate_for_later_alerts(s, row, read_up_to, POLICY) is None
+        assert escalate_for_later_alerts(s, row, read_up_to, POLICY) is None
 
 
 def test_an_escalation_whose_retriage_never_started_gets_its_event_again(db_url: str) -> None:
