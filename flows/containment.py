@@ -23,7 +23,7 @@ from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from flows import gradual_rollback as gradual
-from runbooks.policy import KubernetesTarget, ModelPolicy, PlatformTarget
+from runbooks.policy import KServeTarget, KubernetesTarget, ModelPolicy, PlatformTarget, Target
 from runbooks.remediation import LockHeld
 from tasks import actions, metrics, traffic
 from tasks import incident_store as store
@@ -31,15 +31,9 @@ from tasks import kubernetes as k8s
 from tasks import platform as ml_platform
 from tasks.actions import Done, Move
 from tasks.approvals import await_approval
+from tasks.traffic import NoRollbackTarget, previous_version
 
-PREVIOUS_VERSION_ANNOTATION = "ml-runbooks.io/previous-version"
-# A deploy pipeline (or a post-mortem) marks a version it must never go back to.
-STABLE_ANNOTATION = "ml-runbooks.io/stable"
 RUNBOOK = "containment"
-
-
-class NoRollbackTarget(RuntimeError):
-    """There is no version to go back to: a human decides, nothing is changed."""
 
 
 class ContainmentRequest(BaseModel):
@@ -99,7 +93,7 @@ def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) ->
 def _contain_locked(
     incident: dict[str, Any],
     request: ContainmentRequest,
-    target: KubernetesTarget | PlatformTarget,
+    target: Target,
     kind: str,
     model_policy: ModelPolicy,
     run: str,
@@ -156,14 +150,14 @@ def _contain_locked(
 def _roll_back_gradually(
     incident: dict[str, Any],
     request: ContainmentRequest,
-    target: PlatformTarget,
+    target: Target,
     model_policy: ModelPolicy,
     before: float | None,
     run: str,
 ) -> str:
     try:
-        split = traffic.platform_split(target.url, target.name.format(model=incident["model"]))
-    except traffic.NoSplit as missing:
+        split = split_of(incident, target, model_policy.recovery.url)
+    except NoRollbackTarget as missing:
         store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
         return "no_rollback_target"
     except Exception as exc:
@@ -178,6 +172,32 @@ def _roll_back_gradually(
     if isinstance(shifted, str):
         return shifted
     return verify_and_decide(incident, model_policy, shifted, before)
+
+
+def split_of(incident: dict[str, Any], target: Target, counts_url: str) -> traffic.Split:
+    """The target's traffic split; per-version counts from `counts_url` ({model} filled)
+    where the target does not report them itself."""
+    model = incident["model"]
+    url = counts_url.format(model=model)
+    if isinstance(target, PlatformTarget):
+        return traffic.platform_split(target.url, target.name.format(model=model))
+    if isinstance(target, KServeTarget):
+        return traffic.kserve_split(target, model, url)
+    return traffic.kubernetes_split(target, model, url)
+
+
+def all_traffic_back(incident: dict[str, Any], split: traffic.Split, kind: str) -> Move:
+    """An immediate rollback on a target that moves traffic by split: 100 % in one move."""
+    return Move(
+        incident["id"],
+        incident["model"],
+        kind,
+        split.where,
+        split.traffic,
+        split.at(100),
+        split.apply,
+        "traffic",
+    )
 
 
 def verify_and_decide(
@@ -254,9 +274,18 @@ def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
-def action_kind(target: KubernetesTarget | PlatformTarget, strategy: str | None = None) -> str:
+def action_kind(target: Target, strategy: str | None = None) -> str:
+    """The action this target takes for the strategy: a gradual rollback where the target
+    can split traffic (a KServe target can only split), else its immediate action."""
+    gradual_ok = isinstance(target, PlatformTarget | KServeTarget) or (
+        target.action == "route_to_previous_version"
+    )
+    if strategy == "gradual_rollback" and gradual_ok:
+        return "gradual_rollback"
     if isinstance(target, PlatformTarget):
-        return "gradual_rollback" if strategy == "gradual_rollback" else "platform_rollback"
+        return "platform_rollback"
+    if isinstance(target, KServeTarget):
+        return "kserve_rollback"
     return target.action
 
 
@@ -274,12 +303,12 @@ def cooled_down(incident: dict[str, Any], kind: str) -> bool:
     return True
 
 
-def plan_move(
-    incident: dict[str, Any], target: KubernetesTarget | PlatformTarget, kind: str
-) -> Move:
+def plan_move(incident: dict[str, Any], target: Target, kind: str) -> Move:
     model = incident["model"]
     if isinstance(target, PlatformTarget):
         return rollback_on_platform(incident, target.url, target.name.format(model=model))
+    if isinstance(target, KServeTarget):
+        return all_traffic_back(incident, split_of(incident, target, ""), kind)
     if kind == "scale_to_zero":
         return scale_to_zero(incident, target)
     return route_to_previous_version(incident, target)
@@ -314,53 +343,6 @@ def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget
         apply,
         target.version_label,
     )
-
-
-def previous_version(svc: dict[str, Any], target: KubernetesTarget, current: str | None) -> str:
-    """The annotation the deploy pipeline leaves, else the newest other version deployed;
-    never a version without a Deployment or one marked not stable."""
-    app = (svc["spec"].get("selector") or {}).get(target.app_label)
-    deployments = [
-        d
-        for d in k8s.list_namespaced_deployment(target.namespace, f"{target.app_label}={app}")
-        # The selector asked for these already; checked again so that an API that ignores
-        # it (the test cluster's does) cannot route one model to another model's pods.
-        if (d["metadata"].get("labels") or {}).get(target.app_label) == app
-        and target.version_label in d["metadata"]["labels"]
-    ]
-    deployed = {d["metadata"]["labels"][target.version_label]: d for d in deployments}
-    unstable = sorted(
-        v
-        for v, d in deployed.items()
-        if (d["metadata"].get("annotations") or {}).get(STABLE_ANNOTATION) == "false"
-    )
-    annotated = (svc["metadata"].get("annotations") or {}).get(PREVIOUS_VERSION_ANNOTATION)
-    if annotated:
-        if annotated not in deployed:
-            raise NoRollbackTarget(
-                f"the service names {annotated} as the previous version of {app} "
-                f"({PREVIOUS_VERSION_ANNOTATION}), but no Deployment labelled "
-                f"{target.app_label}={app},{target.version_label}={annotated} exists"
-            )
-        if annotated in unstable:
-            raise NoRollbackTarget(
-                f"{app} {annotated}, the previous version, is marked not stable "
-                f'({STABLE_ANNOTATION}: "false" on its Deployment)'
-            )
-        return annotated
-    versions = [
-        (d["metadata"].get("creationTimestamp") or "", v)
-        for v, d in deployed.items()
-        if v != current and v not in unstable
-    ]
-    if not versions:
-        marked = f" ({', '.join(unstable)} marked not stable)" if unstable else ""
-        raise NoRollbackTarget(
-            f"no previous version of {app} to route to{marked}: annotate the service with "
-            f"{PREVIOUS_VERSION_ANNOTATION} or keep the previous Deployment labelled "
-            f"{target.app_label}={app},{target.version_label}=<version>"
-        )
-    return max(versions)[1]
 
 
 def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget) -> Move:

@@ -78,6 +78,12 @@ class KubernetesTarget(_Strict):
         "{model}-{version}", description="Deployment name of one version, for scale_to_zero."
     )
     action: Literal["route_to_previous_version", "scale_to_zero"] = "route_to_previous_version"
+    ready_timeout_seconds: float = Field(
+        300,
+        gt=0,
+        description="How long a gradual rollback waits for a version it scales up to have "
+        "all its pods ready before the Service routes to it.",
+    )
 
 
 class PlatformTarget(_Strict):
@@ -88,7 +94,16 @@ class PlatformTarget(_Strict):
     name: str = "{model}"
 
 
-Target = Annotated[KubernetesTarget | PlatformTarget, Field(discriminator="kind")]
+class KServeTarget(_Strict):
+    """A KServe InferenceService in Serverless mode: traffic moves by the predictor's
+    canaryTrafficPercent, so only the gradual rollback applies."""
+
+    kind: Literal["kserve"]
+    namespace: str = "default"
+    name: str = Field("{model}", description="InferenceService name.")
+
+
+Target = Annotated[KubernetesTarget | PlatformTarget | KServeTarget, Field(discriminator="kind")]
 
 
 class Recovery(_Strict):

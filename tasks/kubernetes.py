@@ -105,6 +105,34 @@ def list_namespaced_replica_set(namespace: str) -> list[dict[str, Any]]:
     return [api_client().sanitize_for_serialization(rs) for rs in out.items]
 
 
+def custom_objects() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client())
+
+
+@task(**_retry)
+def get_namespaced_custom_object(
+    group: str, version: str, namespace: str, plural: str, name: str
+) -> dict[str, Any]:
+    return custom_objects().get_namespaced_custom_object(
+        group, version, namespace, plural, name, _request_timeout=TIMEOUT
+    )
+
+
+@task(**_retry)
+def patch_namespaced_custom_object(
+    group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """A JSON merge patch (the client's only content type for custom objects)."""
+    return custom_objects().patch_namespaced_custom_object(
+        group, version, namespace, plural, name, body, _request_timeout=TIMEOUT
+    )
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The API answered 404: the object (or its kind, for a custom resource) is absent."""
+    return isinstance(exc, ApiException) and exc.status == 404
+
+
 def describe_error(exc: BaseException) -> str | None:
     """A Kubernetes API failure in words a human can act on; None when it is not one."""
     if isinstance(exc, ApiException):

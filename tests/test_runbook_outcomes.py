@@ -25,7 +25,7 @@ from prefect.flow_runs import resume_flow_run
 from sqlmodel import col, select
 
 from deployments.cli import main as cli
-from flows.containment import STABLE_ANNOTATION, ContainmentRequest, contain
+from flows.containment import ContainmentRequest, contain
 from runbooks import remediation
 from runbooks.models import Approval, Incident, OutboxEvent, RemediationLock
 from runbooks.policy import KubernetesTarget, ModelPolicy, Recovery
@@ -33,6 +33,7 @@ from runbooks.settings import get_settings
 from runbooks.store import session_scope
 from tasks import incident_store as store
 from tasks import kubernetes as k8s
+from tasks.traffic import STABLE_ANNOTATION
 from tests.conftest import make_model
 from tests.helpers import wait_for
 from tests.test_containment import actions_of, open_incident, timeline_of
