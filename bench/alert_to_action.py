@@ -155,7 +155,9 @@ def report(rows: list[dict], n: int, label: str = "") -> None:
         f"  p50 {pct(lat, 0.5):.2f} s   p99 {pct(lat, 0.99):.2f} s   "
         f"min {min(lat):.2f} s   max {max(lat):.2f} s"
     )
-    for key in ("event_delivered", "run_created", "run_started", "action"):
+    keys = ["event_delivered", "run_created", "run_pending", "run_running"]
+    keys += ["runbook_created", "runbook_pending", "runbook_running", "action"]
+    for key in keys:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             print(f"  {key:<16} median {statistics.median(vals):.2f} s after the POST")
@@ -197,19 +199,25 @@ def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
         act = s.exec(select(Action).where(Action.incident_id == incident_id)).first()
         if act:
             out["action"] = act.started_at.timestamp() - t0
-    runs = httpx.post(
-        f"{api}/flow_runs/filter",
-        json={
-            "sort": "EXPECTED_START_TIME_DESC",
-            "limit": 1,
-            "flow_runs": {"parent_task_run_id": {"is_null_": True}},
-            "flows": {"name": {"any_": ["triage"]}},
-        },
-    ).json()
-    if runs:
-        out["run_created"] = ts(runs[0]["created"]) - t0
-        if runs[0].get("start_time"):
-            out["run_started"] = ts(runs[0]["start_time"]) - t0
+    for flow, prefix in (("triage", "run"), ("containment", "runbook")):
+        runs = httpx.post(
+            f"{api}/flow_runs/filter",
+            json={
+                "sort": "EXPECTED_START_TIME_DESC",
+                "limit": 1,
+                "flow_runs": {"parent_task_run_id": {"is_null_": True}},
+                "flows": {"name": {"any_": [flow]}},
+            },
+        ).json()
+        if not runs:
+            continue
+        out[f"{prefix}_created"] = ts(runs[0]["created"]) - t0
+        # Pending: the runner took the run and is starting its process; Running: the
+        # flow's own engine began in that process.
+        states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": runs[0]["id"]}).json()
+        for state in states:
+            if state["type"] in ("PENDING", "RUNNING"):
+                out[f"{prefix}_{state['type'].lower()}"] = ts(state["timestamp"]) - t0
     return out
 
 
