@@ -59,29 +59,31 @@ def schedules_of(spec: dict[str, Any]) -> list[Any] | None:
     return out or None
 
 
-def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
+def deployment_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """What prefect.yaml says of one deployment, as Prefect's deployment arguments."""
     from prefect.events import DeploymentTriggerTypes
     from pydantic import TypeAdapter
 
     adapter: TypeAdapter = TypeAdapter(DeploymentTriggerTypes)
-    out = []
-    for spec in load_deployment_specs(path):
-        flow = import_entrypoint(spec["entrypoint"])
-        triggers = []
-        for i, trig in enumerate(spec.get("triggers") or [], start=1):
-            trig = {**trig, "name": trig.get("name", f"{spec['name']}__automation_{i}")}
-            triggers.append(adapter.validate_python(trig))
-        out.append(
-            flow.to_deployment(
-                name=spec["name"],
-                description=spec.get("description"),
-                tags=spec.get("tags"),
-                parameters=spec.get("parameters"),
-                triggers=triggers,
-                schedules=schedules_of(spec),
-            )
-        )
-    return out
+    triggers = []
+    for i, trig in enumerate(spec.get("triggers") or [], start=1):
+        trig = {**trig, "name": trig.get("name", f"{spec['name']}__automation_{i}")}
+        triggers.append(adapter.validate_python(trig))
+    return {
+        "name": spec["name"],
+        "description": spec.get("description"),
+        "tags": spec.get("tags"),
+        "parameters": spec.get("parameters"),
+        "triggers": triggers,
+        "schedules": schedules_of(spec),
+    }
+
+
+def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
+    return [
+        import_entrypoint(spec["entrypoint"]).to_deployment(**deployment_options(spec))
+        for spec in load_deployment_specs(path)
+    ]
 
 
 def serve_deployments(
@@ -89,17 +91,53 @@ def serve_deployments(
 ) -> None:
     """Serve every deployment in prefect.yaml from this process.
 
+    Each deployment is added with its flow object (Runner.add_flow), not as a deployment
+    to load from storage: Prefect's `serve()` takes the latter, and then starts every run
+    as a fresh `python -m prefect.engine` that imports Prefect and the flow's code again
+    (1.3 s seen between the runner taking a run and the new interpreter's first line).
+    With the flow in hand the runner starts the run with multiprocessing instead, which
+    `start_runs_preloaded` turns into a fork of a warm process.
+
     `poll_seconds`: how often the runner asks the server for runs to start. Every alert
     waits for it twice (triage, then the runbook); Prefect's setting
-    (PREFECT_RUNNER_POLL_FREQUENCY) takes whole seconds only. One query per poll is cheap
-    next to the wait it saves.
+    (PREFECT_RUNNER_POLL_FREQUENCY) takes whole seconds only.
     """
-    from prefect import serve
+    import asyncio
 
-    deployments = runner_deployments()
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    specs = load_deployment_specs()
     if preload:
-        start_runs_preloaded([spec["entrypoint"].split(":")[0] for spec in load_deployment_specs()])
-    serve(*deployments, limit=limit, print_starting_message=True, query_seconds=poll_seconds)
+        start_runs_preloaded([spec["entrypoint"].split(":")[0] for spec in specs])
+    runner = Runner(limit=limit, query_seconds=poll_seconds, pause_on_shutdown=True)
+
+    async def run() -> None:
+        for spec in specs:
+            flow = with_resolved_annotations(import_entrypoint(spec["entrypoint"]))
+            await runner.aadd_flow(flow, **deployment_options(spec))
+        print(f"serving {', '.join(s['name'] for s in specs)}", flush=True)
+        await runner.start()
+
+    try:
+        asyncio.run(run())
+    except (KeyboardInterrupt, TerminationSignal):
+        print("runbooks serve: stopping", flush=True)
+
+
+def with_resolved_annotations(flow: Any) -> Any:
+    """The flow with its function's annotations resolved to the objects they name.
+
+    The runner hands the flow to the run's process with cloudpickle, which copies the
+    function by value (its module attribute is the Flow, not the function) with only the
+    globals its code uses. Under `from __future__ import annotations` the parameter types
+    are strings naming globals the copy lacks, and Prefect's parameter validation then
+    fails ("TriageModel is not fully defined"). Resolved here, they travel as the classes.
+    """
+    import typing
+
+    flow.fn.__annotations__ = typing.get_type_hints(flow.fn)
+    return flow
 
 
 def start_runs_preloaded(entrypoint_files: list[str]) -> bool:
