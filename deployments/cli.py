@@ -260,7 +260,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from deployments.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(args.scenario, keep=args.keep)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -279,7 +279,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runbooks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run one whole incident against a local sandbox")
+    d = sub.add_parser("demo", help="run whole incidents against a local sandbox")
+    # The names are checked by deployments/demo.py, the one place that lists them, so that
+    # building this parser does not import the demo for every other command.
+    d.add_argument(
+        "--scenario",
+        default="bad-release",
+        help="bad-release (default), gradual-rollback, rollback-makes-it-worse, "
+        "approval-timeout, kill-switch, or all of them on one stack",
+    )
     d.add_argument("--keep", action="store_true", help="keep the demo's temp dir")
     d.set_defaults(func=cmd_demo)
 
