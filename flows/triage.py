@@ -8,6 +8,8 @@
 5. Record every decision with its reason on the timeline.
 6. Announce the decision (ml.incident.triaged): the runbook deployment whose trigger
    matches the strategy starts (prefect.yaml).
+
+Steps 2 and 4 are one pure function, `runbooks.triage.decide`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows.containment import flow_run_id
-from runbooks.ingest import confidence_from
-from runbooks.policy import KubernetesTarget, ModelPolicy, Policy, load_policy
-from runbooks.routing import criticality, oncall_now, route
-from runbooks.severity import RANK, Assessment, assess
-from runbooks.strategy import CONTAINS, choose_strategy
-from runbooks.taxonomy import Classification, classify
+from runbooks.policy import KubernetesTarget, Policy, load_policy
+from runbooks.routing import oncall_now
+from runbooks.triage import decide
 from tasks import incident_store as store
 from tasks.enrichment import enrich_incident
 
@@ -51,80 +50,28 @@ def triage(request: TriageRequest) -> str:
         # A redelivered event: the run that claimed the incident decides, this one does not.
         return f"already triaged by flow run {owner}"
     policy = load_policy(request.policy_file) if request.policy_file else store.policy()
-    model = policy.for_model(incident["model"])
     if request.policy_file:
         store.add_timeline(incident["id"], "triage", "policy", f"policy {request.policy_file}")
-    enrichment = enrich_incident.submit(
-        incident["model"], **enrichment_args(incident, model, policy)
-    )
-
-    severity, c, assessment, reasons = classify_incident(incident, policy)
-    decision = choose_strategy(severity, c, model, policy)
     now = datetime.now(UTC)
-    routed = route(severity, c, model, policy, _time(incident["opened_at"]), now)
-    score = criticality(
-        severity,
-        c,
-        model,
+    enrichment = enrich_incident.submit(incident["model"], **enrichment_args(incident, policy, now))
+    decision = decide(
+        incident,
         policy,
-        alerts=len(firing_alerts(incident)),
-        magnitude=_magnitude(assessment),
-        confidence=_confidence(incident, policy),
+        now,
+        dry_run=request.dry_run,
+        start_runbook=request.start_runbook,
+        retriage=request.retriage,
     )
-    # A re-triage (an escalation, or by hand) does not start a second containment: the
-    # first decision started one, and two at once would ask twice and act twice.
-    started_before = request.retriage and incident["strategy"] in CONTAINS
-    start = None
-    if not decision.runbook:
-        runbook_note = "no automated runbook for this strategy yet: the assignee runs it by hand"
-    elif started_before and decision.strategy in CONTAINS:
-        runbook_note = (
-            f"runbook {decision.runbook} not started again: the first triage started it "
-            f"({incident['strategy']}); start the containment deployment by hand to rerun it"
-        )
-    elif incident["suppressed_reason"]:
-        runbook_note = f"suppressed ({incident['suppressed_reason']}): no runbook started"
-    elif not request.start_runbook:
-        runbook_note = f"runbook {decision.runbook} not started (start_runbook is off)"
-    else:
-        runbook_note = f"runbook {decision.runbook} starts next"
-        # The decision names the run: the runbook claims it, so a redelivered event or a
-        # second firing of the automation does not carry out one decision twice.
-        start = {
-            "runbook": decision.runbook,
-            "decision": decision.strategy + (":dry-run" if request.dry_run else ""),
-            "dry_run": request.dry_run,
-        }
     store.record_triage(
         incident["id"],
-        {
-            "severity": severity,
-            "type": c.type,
-            "category": c.category,
-            "strategy": decision.strategy,
-            "assignee": routed.assignee,
-            "criticality": score.value,
-            "route": routed.to_dict(),
-        },
-        [
-            *reasons,
-            f"{c.category}/{c.subcategory} ({c.type}) from {c.how}",
-            score.reason,
-            f"strategy {decision.strategy}: {decision.reason}; {runbook_note}",
-            f"assigned to {routed.assignee or 'nobody'} ({routed.why}); "
-            f"backups {', '.join(routed.backups) or 'none'}; "
-            f"channels {', '.join(routed.channels) or 'none'}",
-        ],
-        max((a["id"] for a in incident["alerts"]), default=0),
+        decision.fields,
+        list(decision.reasons),
+        decision.last_alert_read,
         request.policy_file,
-        start,
+        decision.start,
     )
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
-    pending = False
-    if enrichment.state.is_completed():
-        store.record_enrichment(incident["id"], enrichment.result().to_dict(), _lines(enrichment))
-    else:
-        pending = True
+    if not enrichment.state.is_completed():
         store.add_timeline(
             incident["id"],
             "triage",
@@ -132,48 +79,21 @@ def triage(request: TriageRequest) -> str:
             f"enrichment not done in {policy.enrichment.timeout_seconds:g} s; "
             "the runbook goes first, the context follows",
         )
-    if pending:
-        store.record_enrichment(incident["id"], enrichment.result().to_dict(), _lines(enrichment))
+    context = enrichment.result()
+    store.record_enrichment(incident["id"], context.to_dict(), context.summary_lines())
     return decision.strategy
 
 
-def _lines(enrichment: Any) -> list[str]:
-    return enrichment.result().summary_lines()
-
-
-def firing_alerts(incident: dict) -> list[dict]:
-    firing = [a for a in incident["alerts"] if a["status"] == "firing"]
-    unmuted = [a for a in firing if not a.get("suppressed_reason")]
-    return unmuted or firing or incident["alerts"]
-
-
-def classify_incident(
-    incident: dict, policy: Policy
-) -> tuple[str, Classification, Assessment | None, list[str]]:
-    """The worst severity over the incident's firing alerts, its class, and why."""
-    if incident["source"] == "manual" and incident["severity"]:
-        labels = incident["alerts"][0]["labels"] if incident["alerts"] else {}
-        c = classify(labels, policy.labels)
-        if incident["type"]:
-            c.type = incident["type"]
-        return incident["severity"], c, None, [f"{incident['severity']} as reported by a human"]
-    alerts = firing_alerts(incident)
-    results = [(assess(a["labels"], a["annotations"], policy), a) for a in alerts]
-    worst, alert = min(results, key=lambda r: RANK[r[0].severity])
-    c = classify(alert["labels"], policy.labels)
-    gaps = [g for r, _ in results for g in r.gaps] + c.gaps
-    reasons = list(dict.fromkeys(worst.reasons + [f"gap: {g}" for g in gaps]))
-    return worst.severity, c, worst, reasons
-
-
-def enrichment_args(incident: dict, model: ModelPolicy, policy: Policy) -> dict[str, Any]:
+def enrichment_args(incident: dict[str, Any], policy: Policy, now: datetime) -> dict[str, Any]:
+    """`enrich_incident`'s sources for this incident, from the model's policy."""
     e = policy.enrichment
+    model = policy.for_model(incident["model"])
     args: dict[str, Any] = {
         "registry_url": e.mlflow_url or None,
         "registry_model": model.registry.name.format(model=incident["model"]),
         "aliases": model.registry.aliases,
         "owners": model.owners,
-        "on_call": [p for p in [oncall_now(policy, datetime.now(UTC))] if p],
+        "on_call": [p for p in [oncall_now(policy, now)] if p],
         "business": model.business.model_dump(),
     }
     target = model.target
@@ -186,21 +106,3 @@ def enrichment_args(incident: dict, model: ModelPolicy, policy: Policy) -> dict[
         args["deployment"] = target.deployment.format(model=incident["model"], version=version)
         args["version_label"] = target.version_label
     return args
-
-
-def _time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def _magnitude(a: Assessment | None) -> float | None:
-    if a is None or a.value is None or not a.baseline:
-        return None
-    return abs(a.baseline - a.value) / abs(a.baseline)
-
-
-def _confidence(incident: dict, policy: Policy) -> float | None:
-    alerts = firing_alerts(incident)
-    if not alerts:
-        return None
-    return confidence_from(alerts[0]["labels"], alerts[0]["annotations"], policy)
