@@ -26,6 +26,7 @@ from checks.drift import DriftThresholds, feature_drift, is_numeric
 from checks.findings import CheckInputError
 from checks.io import load_table, parse_timestamps
 from checks.performance import PerformanceThresholds, performance_degradation
+from runbooks.policy import Sweep
 
 Cause = Literal[
     "bad_deployment",
@@ -302,17 +303,12 @@ def _bias_evidence(before: pd.DataFrame, after: pd.DataFrame, ev: _Evidence) -> 
 
 # --- evidence from service metrics and changes -------------------------------------------
 
-INFRA_RULES: dict[str, tuple[float, float]] = {
-    # metric: (absolute level that is bad, ratio to the earlier median that is bad)
-    "latency_p99_seconds": (2.0, 2.0),
-    "error_rate": (0.05, 3.0),
-    "cpu_utilization": (0.9, 1.5),
-    "memory_utilization": (0.9, 1.5),
-}
 
-
-def _metric_evidence(m: pd.DataFrame, onset: pd.Timestamp | None, ev: _Evidence) -> bool:
-    """Service metrics after the onset against before; returns whether infra looked bad."""
+def _metric_evidence(
+    m: pd.DataFrame, onset: pd.Timestamp | None, ev: _Evidence, thresholds: Sweep
+) -> bool:
+    """Service metrics after the onset against before (levels from the policy's `sweep`
+    section); returns whether infra looked bad."""
     if onset is None:
         onset = m["timestamp"].sort_values().iloc[len(m) // 2]
     bad = False
@@ -325,7 +321,7 @@ def _metric_evidence(m: pd.DataFrame, onset: pd.Timestamp | None, ev: _Evidence)
         a = float(after.median())
         name = str(metric)
         if name == "feature_freshness_seconds":
-            if a > 3600 and (b is None or a > 2 * b):
+            if a > thresholds.freshness_seconds and (b is None or a > 2 * b):
                 ev.add(
                     "stale_features",
                     0.85,
@@ -333,10 +329,10 @@ def _metric_evidence(m: pd.DataFrame, onset: pd.Timestamp | None, ev: _Evidence)
                     + (f" (was {b:.0f} s)" if b is not None else ""),
                 )
             continue
-        if name not in INFRA_RULES:
+        rule = thresholds.infrastructure.get(name)
+        if rule is None:
             continue
-        level, ratio = INFRA_RULES[name]
-        if a > level and (b is None or b == 0 or a / b >= ratio):
+        if a > rule.level and (b is None or b == 0 or a / b >= rule.ratio):
             bad = True
             ev.add(
                 "infrastructure",
@@ -387,8 +383,10 @@ def diagnose(
     changes: list[dict[str, Any]] | None = None,
     metrics: pd.DataFrame | None = None,
     onset: datetime | str | None = None,
+    thresholds: Sweep | None = None,
 ) -> Diagnosis:
-    """Rank the likely causes of an incident from whatever evidence is given."""
+    """Rank the likely causes of an incident from whatever evidence is given; the service
+    metric levels are `thresholds` (the policy's `sweep` section, its defaults when None)."""
     ev = _Evidence()
     parsed = _parse_changes(changes or [])
     on: pd.Timestamp | None = None
@@ -426,7 +424,7 @@ def diagnose(
         m = metrics.copy()
         m["timestamp"] = parse_timestamps(m["timestamp"], what="metrics")
         if not m.empty:
-            infra_bad = _metric_evidence(m, on, ev)
+            infra_bad = _metric_evidence(m, on, ev, thresholds or Sweep())
     else:
         ev.not_checked.append("infrastructure, stale_features (freshness): no service metrics")
     if not parsed:

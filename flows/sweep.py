@@ -21,21 +21,20 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy.exc import OperationalError
 
-from checks.sweep import (
-    DirectorySource,
-    FiringAlert,
-    MetricTables,
-    ModelSweep,
-    SqlSource,
-    alerts_to_send,
-    evaluate,
-)
+from checks.sweep import MetricTables, ModelSweep, evaluate
 from runbooks.policy import SeverityRule
 from runbooks.settings import DEFAULT_INTAKE_URL, Settings, get_settings
 from tasks import incident_store as store
 from tasks.retry import BACKOFF, retry_when, transient_http
+from tasks.sweep_sources import (
+    DirectorySource,
+    FiringAlert,
+    SqlSource,
+    alerts_to_send,
+    list_models,
+    read_metric_tables,
+)
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 PAGE = 500
@@ -68,13 +67,6 @@ _http_retry: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": BACKOFF[:2],
     "retry_condition_fn": retry_when(_transient),
-}
-_sql_retry: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": BACKOFF[:2],
-    "retry_condition_fn": retry_when(lambda e: isinstance(e, OperationalError)),
-    # Tables and sources are live objects, and a sweep must always read afresh.
-    "cache_policy": NO_CACHE,
 }
 
 
@@ -262,16 +254,6 @@ def find_models(
     if not models and not errors:
         get_run_logger().warning("no models found in %s: nothing to sweep", source.shown)
     return models
-
-
-@task(**_sql_retry)
-def list_models(source: DirectorySource | SqlSource) -> tuple[list[str], list[str]]:
-    return source.models()
-
-
-@task(task_run_name="read_metric_tables-{model}", **_sql_retry)
-def read_metric_tables(source: DirectorySource | SqlSource, model: str) -> MetricTables:
-    return source.tables(model)
 
 
 @task(task_run_name="evaluate-{model}", cache_policy=NO_CACHE)

@@ -376,6 +376,60 @@ class Enrichment(_Strict):
     timeout_seconds: float = Field(3, gt=0)
 
 
+class InfraRule(_Strict):
+    """When a service metric points at infrastructure: high, and risen since the onset."""
+
+    level: float = Field(description="Its median after the onset is above this...")
+    ratio: float = Field(
+        gt=0, description="...and at least this many times its median before the onset."
+    )
+
+
+_Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Sweep(_Strict):
+    """Fixed thresholds of the checks that run without the severity table:
+    `tasks.sweep_sources.sweep` / `checks.sweep.fixed_rules` (the monitoring-sweep flow
+    judges with `severity`) and the service-metric evidence of `checks.diagnose`."""
+
+    f1_floor_p1: float = Field(0.70, description="P1 when f1 is below this.")
+    drop_p1: dict[str, _Fraction] = Field(
+        default_factory=lambda: {"f1": 0.20},
+        description="P1 when a metric drops more than this below its baseline, per metric "
+        "(0.2 = 20%).",
+    )
+    drop_p2: dict[str, _Fraction] = Field(
+        default_factory=lambda: {"f1": 0.10, "precision": 0.15, "recall": 0.15, "auc": 0.10},
+        description="P2 when a metric drops more than this below its baseline, per metric.",
+    )
+    latency_p99_seconds_p2: float = Field(
+        2.0, description="P2 when latency_p99_seconds is above this."
+    )
+    error_rate_p1: float = Field(0.10, description="P1 when error_rate is above this.")
+    freshness_seconds: float = Field(
+        3600,
+        gt=0,
+        description="Features older than this are stale: P2 when feature_freshness_seconds "
+        "is above it; in a diagnosis, stale_features evidence when its median after the "
+        "onset is above it and twice the median before.",
+    )
+    psi_p3: float = Field(0.2, description="P3 when a feature's psi is above this.")
+    psi_p2: float = Field(0.3, description="P2 when a feature's psi is above this.")
+    null_rate_p3: float = Field(0.05, description="P3 when a feature's null_rate is above this.")
+    null_rate_p2: float = Field(0.10, description="P2 when a feature's null_rate is above this.")
+    infrastructure: dict[str, InfraRule] = Field(
+        default_factory=lambda: {
+            "latency_p99_seconds": InfraRule(level=2.0, ratio=2.0),
+            "error_rate": InfraRule(level=0.05, ratio=3.0),
+            "cpu_utilization": InfraRule(level=0.9, ratio=1.5),
+            "memory_utilization": InfraRule(level=0.9, ratio=1.5),
+        },
+        description="In a diagnosis, the service metrics that point at infrastructure and "
+        "when; a metric not named here is not taken as infrastructure evidence.",
+    )
+
+
 class Policy(_Strict):
     severity: list[SeverityRule] = Field(min_length=1)
     default_severity: Severity = "P3"
@@ -388,6 +442,10 @@ class Policy(_Strict):
     routing: Routing = Field(default_factory=Routing)
     strategy: Strategy = Field(default_factory=Strategy)
     enrichment: Enrichment = Field(default_factory=Enrichment)
+    sweep: Sweep = Field(
+        default_factory=Sweep,
+        description="Fixed thresholds of the policy-free sweep helper and of diagnose.",
+    )
     defaults: ModelPolicy = Field(default_factory=ModelPolicy)
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from checks.diagnose import diagnose, main
+from runbooks.policy import Sweep
 from tests.checks_data import CAUSES, incident
 
 RESOLUTIONS = {
@@ -35,6 +36,21 @@ def test_missing_inputs_are_named_not_guessed() -> None:
     assert result.causes[0].cause == "infrastructure"
     text = " ".join(result.not_checked)
     assert "reference and current" in text and "no predictions" in text
+
+
+def test_service_metric_levels_come_from_the_policy_sweep_section() -> None:
+    stale = incident("stale_features", seed=1)
+    slow = incident("infrastructure", seed=1)
+
+    def causes(case: dict, thresholds: Sweep | None) -> set[str]:
+        found = diagnose(metrics=case["metrics"], onset=case["onset"], thresholds=thresholds)
+        return {c.cause for c in found.causes}
+
+    # Features two hours old: stale at the default hour, not for a team that allows three.
+    assert "stale_features" in causes(stale, None)
+    assert "stale_features" not in causes(stale, Sweep(freshness_seconds=3 * 3600))
+    assert "infrastructure" in causes(slow, None)
+    assert "infrastructure" not in causes(slow, Sweep(infrastructure={}))
 
 
 def test_cli_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

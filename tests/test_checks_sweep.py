@@ -4,9 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from checks.findings import CheckInputError
-from checks.sweep import MetricTables, load_metric_tables, sweep
+from checks.sweep import MetricTables, evaluate, fixed_rules
+from runbooks.policy import DEFAULT_POLICY, load_policy
+from tasks.sweep_sources import load_metric_tables, sweep
 
 
 def tables() -> MetricTables:
@@ -63,3 +66,25 @@ def test_loader_reads_csv_and_rejects_missing_columns(tmp_path: Path) -> None:
         load_metric_tables(feature_drift=tmp_path / "d.csv")
     with pytest.raises(CheckInputError, match="give a .csv or .parquet"):
         load_metric_tables(model_metrics=tmp_path / "m.xlsx")
+
+
+def test_a_policy_freshness_threshold_changes_the_sweep_finding(tmp_path: Path) -> None:
+    ts = pd.date_range("2026-11-22", periods=3, freq="h", tz="UTC")
+    stale = MetricTables(
+        model_metrics=pd.DataFrame(
+            {"timestamp": ts, "metric": "feature_freshness_seconds", "value": [60, 60, 5400]}
+        )
+    )
+    relaxed = tmp_path / "policy.yaml"
+    data = yaml.safe_load(DEFAULT_POLICY.read_text())
+    data["sweep"]["freshness_seconds"] = 7200
+    relaxed.write_text(yaml.safe_dump(data))
+
+    def finding(policy_file: Path) -> tuple[bool, str | None]:
+        rules = fixed_rules(load_policy(policy_file).sweep)
+        (f,) = evaluate("fraud", stale, rules).findings()
+        return f.passed, f.severity
+
+    # 90 minutes old: stale at the default hour, fresh enough for a team that allows two.
+    assert finding(DEFAULT_POLICY) == (False, "P2")
+    assert finding(relaxed) == (True, None)

@@ -17,7 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from checks.sweep import DirectorySource, FiringAlert, MetricTables, alerts_to_send, evaluate
+from checks.sweep import MetricTables, evaluate
 from deployments.local import ManagedProcess, free_port
 from deployments.serve import PROJECT_ROOT, runner_deployments
 from flows.sweep import (
@@ -30,6 +30,7 @@ from flows.sweep import (
 )
 from runbooks.policy import DEFAULT_POLICY, load_policy
 from runbooks.settings import get_settings
+from tasks.sweep_sources import DirectorySource, FiringAlert, alerts_to_send
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
