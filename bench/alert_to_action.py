@@ -66,6 +66,7 @@ def main(n: int = 20) -> None:
 
 
 REFERENCE = ["--no-preload", "--poll-seconds", "1"]
+DURATIONS = ("whole", "work", "recovery_wait", "overhead")
 
 
 def measure(n: int, serve_args: list[str]) -> list[dict]:
@@ -130,7 +131,8 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
             if not view.get("actions"):
                 raise RuntimeError(f"no action for {model}: {view.get('timeline')}")
             action_at = ts(view["actions"][0]["started_at"])
-            rows.append({"latency": action_at - t0, **breakdown(db, api, incident_id, t0)})
+            row = {"latency": action_at - t0, **breakdown(db, api, incident_id, t0)}
+            rows.append({**row, **whole_runbook(view, api, row, t0)})
             time.sleep(0.5)
         if "--tasks" in sys.argv:
             print_task_runs(api, t0)
@@ -157,10 +159,47 @@ def report(rows: list[dict], n: int, label: str = "") -> None:
     )
     keys = ["event_delivered", "run_created", "run_pending", "run_running"]
     keys += ["runbook_created", "runbook_pending", "runbook_running", "action"]
+    keys += ["whole", "work", "recovery_wait", "overhead"]
     for key in keys:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
-            print(f"  {key:<16} median {statistics.median(vals):.2f} s after the POST")
+            when = " after the POST" if key not in DURATIONS else ""
+            print(f"  {key:<16} median {statistics.median(vals):.2f} s{when}")
+
+
+def whole_runbook(view: dict, api: str, row: dict, t0: float) -> dict:
+    """The alert's whole runbook (POST -> resolved) split into the work, the wait for the
+    model's metric to recover, and the orchestration around them.
+
+    work: the time inside the triage and containment runs' task runs; recovery wait: from
+    the rollback call's end to the "recovered" reading (the model's own time, polled);
+    overhead: the rest (event hops, polls, run starts, state changes between tasks).
+    """
+    resolved = next((ts(e["at"]) for e in view["timeline"] if "-> resolved" in e["message"]), None)
+    recovered = next(
+        (ts(e["at"]) for e in view["timeline"] if e["message"].startswith("recovered")), None
+    )
+    ids = [row[k] for k in ("run_id", "runbook_id") if row.get(k)]
+    acted = view["actions"][0].get("finished_at")
+    if resolved is None or recovered is None or not acted or len(ids) < 2:
+        return {}
+    tasks = httpx.post(
+        f"{api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": ids}}, "limit": 200},
+        timeout=10,
+    ).json()
+    acted_at = ts(acted)
+    work = 0.0
+    for t in tasks:
+        if not (t.get("start_time") and t.get("end_time")):
+            continue
+        start, end = ts(t["start_time"]), ts(t["end_time"])
+        if start >= acted_at and end <= recovered:
+            continue  # the verification's readings: inside the recovery wait
+        work += end - start
+    wait = recovered - acted_at
+    whole = resolved - t0
+    return {"whole": whole, "work": work, "recovery_wait": wait, "overhead": whole - work - wait}
 
 
 def machine() -> str:
@@ -211,6 +250,7 @@ def breakdown(db: str, api: str, incident_id: int, t0: float) -> dict:
         ).json()
         if not runs:
             continue
+        out[f"{prefix}_id"] = runs[0]["id"]
         out[f"{prefix}_created"] = ts(runs[0]["created"]) - t0
         # Pending: the runner took the run and is starting its process; Running: the
         # flow's own engine began in that process.

@@ -441,7 +441,7 @@ def run_scenario(demo: Demo, s: Scenario) -> bool:
     return not problems
 
 
-def watch_and_alert(demo: Demo, model: str, bad: str, timeout: float = 30) -> int:
+def watch_and_alert(demo: Demo, model: str, bad: str, timeout: float = 90) -> int:
     """The monitor: when the mean F1 of the last readings of `bad` falls under the bound,
     post the alert (the value is that mean)."""
     readings: deque[float] = deque(maxlen=MONITOR_READINGS)

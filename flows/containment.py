@@ -16,16 +16,24 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from flows import gradual_rollback as gradual
-from runbooks.policy import KServeTarget, KubernetesTarget, ModelPolicy, PlatformTarget, Target
+from runbooks.policy import (
+    KServeTarget,
+    KubernetesTarget,
+    MlflowTarget,
+    ModelPolicy,
+    PlatformTarget,
+    Target,
+)
 from runbooks.remediation import LockHeld
-from tasks import actions, metrics, traffic
+from tasks import actions, metrics, registry, traffic
 from tasks import incident_store as store
 from tasks import kubernetes as k8s
 from tasks import platform as ml_platform
@@ -34,6 +42,7 @@ from tasks.approvals import await_approval
 from tasks.traffic import NoRollbackTarget, previous_version
 
 RUNBOOK = "containment"
+T = TypeVar("T")
 
 
 class ContainmentRequest(BaseModel):
@@ -124,19 +133,9 @@ def _contain_locked(
         before = read_metric(incident, model_policy)
         if kind == "gradual_rollback":
             return _roll_back_gradually(incident, request, target, model_policy, before, run)
-        try:
-            move = plan_move(incident, target, kind)
-        except NoRollbackTarget as missing:
-            store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
-            return "no_rollback_target"
-        except Exception as exc:
-            why = actions.describe_error(exc)
-            if why is None:
-                raise
-            store.hand_to_human(
-                incident["id"], RUNBOOK, f"reading {kind}'s target failed: {why}; nothing changed"
-            )
-            return "action_failed"
+        move = read_target(incident, f"{kind}'s target", lambda: plan_move(incident, target, kind))
+        if isinstance(move, str):
+            return move
         done = actions.act(move, request.dry_run)
         if done.status == "dry_run":
             return "dry_run"
@@ -155,8 +154,25 @@ def _roll_back_gradually(
     before: float | None,
     run: str,
 ) -> str:
+    split = read_target(
+        incident,
+        "the traffic split",
+        lambda: split_of(incident, target, model_policy.recovery.url),
+    )
+    if isinstance(split, str):
+        return split
+    shifted = gradual.shift_gradually(incident, split, model_policy.rollout, request.dry_run, run)
+    if isinstance(shifted, str):
+        return shifted
+    return verify_and_decide(incident, model_policy, shifted, before)
+
+
+def read_target(incident: dict[str, Any], what: str, read: Callable[[], T]) -> T | str:
+    """What `read` found of the target, or the outcome when it found nothing to act on
+    (no_rollback_target) or could not read it (action_failed); a human is told either way
+    and nothing is changed."""
     try:
-        split = split_of(incident, target, model_policy.recovery.url)
+        return read()
     except NoRollbackTarget as missing:
         store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
         return "no_rollback_target"
@@ -165,13 +181,9 @@ def _roll_back_gradually(
         if why is None:
             raise
         store.hand_to_human(
-            incident["id"], RUNBOOK, f"reading the traffic split failed: {why}; nothing changed"
+            incident["id"], RUNBOOK, f"reading {what} failed: {why}; nothing changed"
         )
         return "action_failed"
-    shifted = gradual.shift_gradually(incident, split, model_policy.rollout, request.dry_run, run)
-    if isinstance(shifted, str):
-        return shifted
-    return verify_and_decide(incident, model_policy, shifted, before)
 
 
 def split_of(incident: dict[str, Any], target: Target, counts_url: str) -> traffic.Split:
@@ -277,6 +289,10 @@ def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
 def action_kind(target: Target, strategy: str | None = None) -> str:
     """The action this target takes for the strategy: a gradual rollback where the target
     can split traffic (a KServe target can only split), else its immediate action."""
+    if isinstance(target, MlflowTarget):
+        # A registry alias names one version, it cannot split traffic: a gradual strategy
+        # on an MLflow target takes the immediate rollback too.
+        return "registry_rollback"
     gradual_ok = isinstance(target, PlatformTarget | KServeTarget) or (
         target.action == "route_to_previous_version"
     )
@@ -309,6 +325,8 @@ def plan_move(incident: dict[str, Any], target: Target, kind: str) -> Move:
         return rollback_on_platform(incident, target.url, target.name.format(model=model))
     if isinstance(target, KServeTarget):
         return all_traffic_back(incident, split_of(incident, target, ""), kind)
+    if isinstance(target, MlflowTarget):
+        return move_alias_to_previous_version(incident, target)
     if kind == "scale_to_zero":
         return scale_to_zero(incident, target)
     return route_to_previous_version(incident, target)
@@ -389,6 +407,71 @@ def rollback_on_platform(incident: dict[str, Any], url: str, name: str) -> Move:
         where,
         status.get("currentVersion"),
         status.get("previousVersion"),
+        apply,
+    )
+
+
+def move_alias_to_previous_version(incident: dict[str, Any], target: MlflowTarget) -> Move:
+    """The registry's rollback: the alias goes back from the version it points at to the
+    newest READY version below it that is not tagged stable="false"."""
+    model = incident["model"]
+    name = target.name.format(model=model)
+    where = f"alias {target.alias} of model {name} on {target.url}"
+    try:
+        pointed = registry.get_model_version_by_alias(target.url, name, target.alias)
+    except Exception as exc:
+        if registry.is_not_found(exc):
+            raise NoRollbackTarget(
+                f"{where} does not exist ({exc}); set the alias on the serving version or "
+                f"fix models.{model}.target"
+            ) from exc
+        raise
+    current = str(pointed["model_version"]["version"])
+    versions: list[dict[str, Any]] = []
+    token = None
+    for _ in range(registry.MAX_PAGES):
+        page = registry.search_model_versions(target.url, name, token)
+        versions += page.get("model_versions") or []
+        token = page.get("next_page_token")
+        if not token:
+            break
+
+    def unstable(v: dict[str, Any]) -> bool:
+        tags = {t.get("key"): t.get("value") for t in v.get("tags") or []}
+        return tags.get(registry.STABLE_TAG) == "false"
+
+    below = [
+        v
+        for v in versions
+        if int(v["version"]) < int(current) and v.get("status", "READY") == "READY"
+    ]
+    candidates = [int(v["version"]) for v in below if not unstable(v)]
+    if not candidates:
+        marked = ", ".join(v["version"] for v in below if unstable(v))
+        why = f" (version {marked} tagged {registry.STABLE_TAG}=false)" if marked else ""
+        raise NoRollbackTarget(
+            f"no version of {name} below {current} to move {where} back to{why}: set the "
+            f"alias by hand to a good version, or delete the {registry.STABLE_TAG} tag of a "
+            "version that is safe to serve"
+        )
+
+    def apply(version: str) -> dict[str, Any]:
+        registry.set_model_alias(target.url, name, target.alias, version)
+        seen = registry.get_model_version_by_alias(target.url, name, target.alias)
+        now = str(seen["model_version"]["version"])
+        if now != version:
+            raise RuntimeError(
+                f"{where} reads back version {now} after the move, expected {version}"
+            )
+        return {"alias": target.alias, "version": now}
+
+    return Move(
+        incident["id"],
+        model,
+        "registry_rollback",
+        where,
+        current,
+        str(max(candidates)),
         apply,
     )
 
