@@ -103,7 +103,19 @@ class KServeTarget(_Strict):
     name: str = Field("{model}", description="InferenceService name.")
 
 
-Target = Annotated[KubernetesTarget | PlatformTarget | KServeTarget, Field(discriminator="kind")]
+class MlflowTarget(_Strict):
+    """A model served from MLflow's registry by alias: the immediate rollback moves the
+    alias back to the previous version, which the serving side picks up."""
+
+    kind: Literal["mlflow"]
+    url: str = Field(min_length=1, description="MLflow tracking server.")
+    name: str = Field("{model}", description="Registered model name; {model} is filled.")
+    alias: str = Field("champion", description="The alias that marks the serving version.")
+
+
+Target = Annotated[
+    KubernetesTarget | PlatformTarget | KServeTarget | MlflowTarget, Field(discriminator="kind")
+]
 
 
 class Recovery(_Strict):

@@ -1,8 +1,8 @@
-"""Triage enrichment's network side: MLflow's REST API over httpx, and the Deployment's
-rollout history through `tasks.kubernetes`.
+"""Triage enrichment's network side: the registry through `tasks.registry` (MLflow's
+REST API), and the Deployment's rollout history through `tasks.kubernetes`.
 
-Each verb is one call with a timeout; transient faults retry a little. `enrich_incident`
-puts them together and never raises: a source that fails becomes a gap with its reason.
+`enrich_incident` puts them together and never raises: a source that fails becomes a gap
+with its reason.
 """
 
 from __future__ import annotations
@@ -17,66 +17,15 @@ import httpx
 from prefect import task
 
 from runbooks.enrichment import DEFAULT_ALIASES, Enrichment, SourceError, enrich
-from tasks import kubernetes
-from tasks.retry import retry_transient_http
+from tasks import kubernetes, registry
+from tasks.registry import MAX_PAGES, TIMEOUT, mlflow_error
 
-TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 # Enrichment is evidence for triage, not a remediation: a short retry budget keeps a dead
 # registry from eating the P1 triage SLA.
-_retry = {
-    "retries": 2,
-    "retry_delay_seconds": [0.5, 1.0],
-    "retry_condition_fn": retry_transient_http,
-}
-PAGE_SIZE = 1000
-# 20k versions of one model is far beyond any real registry; the cap bounds a broken paging.
-MAX_PAGES = 20
-
-
-def _mlflow_get(base_url: str, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    url = f"{base_url.rstrip('/')}/api/2.0/mlflow/{path}"
-    with httpx.Client(timeout=TIMEOUT) as http:
-        r = http.get(url, params={k: v for k, v in params.items() if v is not None})
-    if r.status_code >= 400:
-        raise httpx.HTTPStatusError(f"GET {url} -> {r.status_code}", request=r.request, response=r)
-    try:
-        body = r.json()
-    except ValueError:
-        kind = r.headers.get("content-type", "no content type")
-        raise SourceError(
-            f"{url} did not answer JSON ({kind}: {r.text[:80]!r}); "
-            f"is {base_url} an MLflow tracking server?"
-        ) from None
-    if not isinstance(body, dict):
-        raise SourceError(f"{url} answered {type(body).__name__}, not a JSON object")
-    return body
-
-
-@task(**_retry)
-def get_registered_model(base_url: str, name: str) -> dict[str, Any]:
-    return _mlflow_get(base_url, "registered-models/get", {"name": name})
-
-
-@task(**_retry)
-def search_model_versions(
-    base_url: str, name: str, page_token: str | None = None
-) -> dict[str, Any]:
-    # MLflow's filter takes either quote; pick the one the name does not contain.
-    quote = '"' if "'" in name else "'"
-    return _mlflow_get(
-        base_url,
-        "model-versions/search",
-        {
-            "filter": f"name={quote}{name}{quote}",
-            "max_results": PAGE_SIZE,
-            "page_token": page_token,
-        },
-    )
-
-
-@task(**_retry)
-def get_run(base_url: str, run_id: str) -> dict[str, Any]:
-    return _mlflow_get(base_url, "runs/get", {"run_id": run_id})
+_short_retry = {"retries": 2, "retry_delay_seconds": [0.5, 1.0]}
+get_registered_model = registry.get_registered_model.with_options(**_short_retry)
+search_model_versions = registry.search_model_versions.with_options(**_short_retry)
+get_run = registry.get_run.with_options(**_short_retry)
 
 
 class LiveSources:
@@ -151,7 +100,7 @@ def describe_http_failure(exc: BaseException, base_url: str, what: str) -> str:
         return str(exc)
     if isinstance(exc, httpx.HTTPStatusError):
         r = exc.response
-        code, message = _mlflow_error(r)
+        code, message = mlflow_error(r)
         said = f"{code}: {message}" if code else (r.text.strip()[:200] or r.reason_phrase)
         if r.status_code == 404 and code == "RESOURCE_DOES_NOT_EXIST":
             return f"{what} not found at {base_url} ({said}); check the registry model name"
@@ -170,17 +119,6 @@ def describe_http_failure(exc: BaseException, base_url: str, what: str) -> str:
     if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
         return f"cannot talk to {base_url}: {type(exc).__name__}: {exc}"
     return f"unexpected {type(exc).__name__} reading {what} from {base_url}: {exc}"
-
-
-def _mlflow_error(r: httpx.Response) -> tuple[str | None, str]:
-    # MLflow's errors are JSON {"error_code": ..., "message": ...}; proxies answer HTML.
-    try:
-        body = r.json()
-    except ValueError:
-        return None, ""
-    if isinstance(body, dict) and body.get("error_code"):
-        return str(body["error_code"]), str(body.get("message", ""))[:300]
-    return None, ""
 
 
 def describe_kube_failure(exc: BaseException, namespace: str, deployment: str) -> str:
