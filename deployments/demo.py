@@ -497,6 +497,9 @@ def follow(demo: Demo, incident_id: int, owner_answers: bool) -> Ending:
         run_id, outcome = demo.containment(incident_id)
         state = demo.flow_run(run_id)["state"]["type"] if run_id else None
         if state in FINAL:
+            # Read again: the outcome was read before the state, and the run records it
+            # just before it completes.
+            _, outcome = demo.containment(incident_id)
             view = demo.incident(incident_id)
             for e in view["timeline"][seen:]:
                 say(f"  {e['actor']}: {e['message']}")
