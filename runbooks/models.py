@@ -64,6 +64,9 @@ ACTIVE_STATUSES = (
 
 
 class Incident(SQLModel, table=True):
+    # The escalation sweep's one query: active incidents nobody has acknowledged.
+    __table_args__ = (sa.Index("ix_incident_status_acknowledged", "status", "acknowledged_at"),)
+
     id: int | None = Field(default=None, primary_key=True)
     model: str = Field(index=True)
     title: str
@@ -94,6 +97,9 @@ class Incident(SQLModel, table=True):
     triage_run: str | None = None
     # Why a runbook handed the incident to a person (NULL: it did not, or it resolved).
     needs_human: str | None = None
+    # The first human answer: it stops the escalation clock (MTTA runs to here).
+    acknowledged_at: datetime | None = _ts(default=None)
+    acknowledged_by: str | None = None
 
 
 class Alert(SQLModel, table=True):
@@ -211,6 +217,35 @@ class AutomationPause(SQLModel, table=True):
     comment: str
     paused_by: str
     paused_at: datetime = _ts(default_factory=utcnow)
+
+
+class Notification(SQLModel, table=True):
+    """One message to one channel about one incident, sent or given up on. The first Slack
+    message of an incident is its thread: every later one replies to its `external_id`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    kind: str  # opened | update | approval | decided | needs_human | escalation | resolved ...
+    channel: str  # as the policy names it: "#ml-incidents", "pagerduty", "email", "webhook"
+    address: str = ""  # where it went: Slack channel id, email addresses, URL
+    status: str = "sent"  # sent | failed
+    external_id: str | None = None  # Slack ts, PagerDuty dedup_key, email Message-ID
+    thread_id: str | None = None  # Slack: the ts this message replied to
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class IncidentNotice(SQLModel, table=True):
+    """A once-per-incident notice (an escalation level reached, a deadline missed, the Nth
+    update): the unique key makes a second sweep or a retried task send nothing twice."""
+
+    __table_args__ = (sa.UniqueConstraint("incident_id", "key", name="uq_incident_notice"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    key: str  # "escalation:1", "deadline:triage", "update:3"
+    at: datetime = _ts(default_factory=utcnow)
 
 
 class OutboxEvent(SQLModel, table=True):

@@ -372,6 +372,39 @@ class Routing(_Strict):
     )
 
 
+class Person(_Strict):
+    """How to reach someone the policy names (owners, on-call, approvers, escalation)."""
+
+    slack: str = Field("", description="Slack user id (U...), for mentions and buttons.")
+    email: str = ""
+
+
+class Notifications(_Strict):
+    """How messages go out. Channels per severity are routing.channels: "#name" is a Slack
+    channel, "email" the assignee's and email_to's addresses, "pagerduty", "webhook"."""
+
+    update_minutes: float = Field(
+        30, ge=0, description="Post an update to the incident's thread this often; 0: never."
+    )
+    email_to: list[str] = Field(
+        default_factory=list, description="Addresses the email channel always includes."
+    )
+    webhook_url: str = Field("", description="Where the webhook channel posts (JSON, signed).")
+    fallback: dict[str, str] = Field(
+        default_factory=lambda: {"slack": "email"},
+        description="channel kind -> the kind used when it fails (slack, email, pagerduty, "
+        "webhook).",
+    )
+    attempts: int = Field(4, ge=1, description="Tries per message before the fallback.")
+    backoff_seconds: float = Field(1.0, ge=0, description="First wait between tries; doubles.")
+    prefect_ui_url: str = Field(
+        "", description="Prefect UI base URL for run links; empty: from PREFECT_UI_URL."
+    )
+    incident_url: str = Field(
+        "", description="Link to an incident, {id} filled; empty: the intake's API URL."
+    )
+
+
 class Strategy(_Strict):
     revenue_at_risk_bound: float = Field(
         5_000,
@@ -454,6 +487,10 @@ class Policy(_Strict):
     routing: Routing = Field(default_factory=Routing)
     strategy: Strategy = Field(default_factory=Strategy)
     enrichment: Enrichment = Field(default_factory=Enrichment)
+    people: dict[str, Person] = Field(
+        default_factory=dict, description="name -> how to reach them (Slack id, email)."
+    )
+    notifications: Notifications = Field(default_factory=Notifications)
     sweep: Sweep = Field(
         default_factory=Sweep,
         description="Fixed thresholds of the policy-free sweep helper and of diagnose.",
@@ -464,6 +501,10 @@ class Policy(_Strict):
     def for_model(self, model: str) -> ModelPolicy:
         """The model's own block, or the defaults with {model} filled in."""
         return self.models.get(model, self.defaults)
+
+    def person_of_slack_user(self, user_id: str) -> str | None:
+        """The policy's name for a Slack user id (a button press), or None if unknown."""
+        return next((n for n, p in self.people.items() if p.slack and p.slack == user_id), None)
 
     def needs_approval(self, severity: str, action_class: str) -> bool:
         sev = normalize_severity(severity) or self.default_severity

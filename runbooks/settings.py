@@ -54,8 +54,27 @@ class Settings(BaseSettings):
     sweep_sql_url: str = Field(
         "", description="SQLAlchemy URL of a database of metric tables the sweep reads."
     )
+    # Secrets: from the environment, else from the Prefect Secret block named in
+    # tasks/notifications.py (ml-runbooks-slack-token, ...). Never logged or shown.
     slack_token: str = Field("", description="Slack bot token; empty disables Slack.")
-    slack_base_url: str = Field("https://slack.com/api/", description="Slack Web API URL.")
+    slack_base_url: str = Field(
+        "https://slack.com/api/", description="Slack Web API URL (slack-sdk's base_url; ends in /)."
+    )
+    slack_signing_secret: str = Field(
+        "", description="Verifies Slack interaction requests; empty refuses them all."
+    )
+    slack_app_token: str = Field("", description="xapp- token for Slack Socket Mode.")
+    pagerduty_routing_key: str = Field("", description="PagerDuty Events v2 integration key.")
+    pagerduty_url: str = Field(
+        "https://events.pagerduty.com/v2/enqueue", description="PagerDuty's events endpoint."
+    )
+    smtp_host: str = Field("", description="SMTP server; empty disables email.")
+    smtp_port: int = Field(25)
+    smtp_from: str = Field("ml-runbooks@localhost")
+    smtp_user: str = Field("")
+    smtp_password: str = Field("")
+    smtp_starttls: bool = Field(False)
+    webhook_secret: str = Field("", description="HMAC-SHA256 key of the webhook channel.")
 
     def resolved_database_url(self) -> str:
         if self.database_url:
