@@ -87,6 +87,32 @@ def hand_to_human(session: Session, incident: Incident, actor: str, why: str) ->
     )
 
 
+def acknowledge(session: Session, incident: Incident, by: str, via: str) -> bool:
+    """A person says "I have it": the escalation clock stops and MTTA ends here. The first
+    acknowledgement counts; a second is a no-op (False) so a double click or a retried
+    request changes nothing. Announced as ml.incident.acknowledged."""
+    by = by.strip()
+    if not by:
+        raise IncidentStateError(
+            f"an acknowledgement of incident {incident.id} needs a name: --by NAME "
+            'or {"by": NAME}'
+        )
+    if incident.acknowledged_at is not None:
+        return False
+    if not is_active(incident):
+        raise IncidentStateError(
+            f"incident {incident.id} is {incident.status}; there is nothing to acknowledge"
+        )
+    now = utcnow()
+    incident.acknowledged_at = now
+    incident.acknowledged_by = by
+    incident.updated_at = now
+    session.add(incident)
+    add_timeline(session, incident.id, by, "acknowledged", f"acknowledged by {by} ({via})", at=now)
+    enqueue_event(session, "ml.incident.acknowledged", incident, {"by": by, "via": via})
+    return True
+
+
 def is_active(incident: Incident) -> bool:
     return incident.status in ACTIVE_STATUSES
 
