@@ -68,6 +68,15 @@ def transition(session: Session, incident: Incident, to: str, actor: str, why: s
         incident.closed_at = now
     session.add(incident)
     add_timeline(session, incident.id, actor, "status", f"{before} -> {to}: {why}", at=now)
+    if to == IncidentStatus.RESOLVED:
+        # Announcements and the post-mortem start on this, whoever resolved it (a runbook's
+        # verification, or the intake when every alert of the incident resolved).
+        enqueue_event(
+            session,
+            "ml.incident.resolved",
+            incident,
+            {"severity": incident.severity, "by": actor, "why": why, "from": before},
+        )
     return True
 
 
