@@ -33,6 +33,7 @@ from runbooks.policy import (
     Target,
 )
 from runbooks.remediation import LockHeld
+from runbooks.views import IncidentView
 from tasks import actions, metrics, registry, traffic
 from tasks import incident_store as store
 from tasks import kubernetes as k8s
@@ -59,28 +60,28 @@ class ContainmentRequest(BaseModel):
 def contain(request: ContainmentRequest) -> str:
     incident = store.read_incident(request.incident_id)
     run = flow_run_id()
-    if request.decision and store.claim_runbook(incident["id"], RUNBOOK, request.decision, run):
+    if request.decision and store.claim_runbook(incident.id, RUNBOOK, request.decision, run):
         return "already_ran"
     outcome = _contain(incident, request, run)
     if request.decision:
-        store.finish_runbook(incident["id"], RUNBOOK, run, outcome)
+        store.finish_runbook(incident.id, RUNBOOK, run, outcome)
     return outcome
 
 
-def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) -> str:
-    model_policy = store.policy().for_model(incident["model"])
+def _contain(incident: IncidentView, request: ContainmentRequest, run: str) -> str:
+    model_policy = store.policy().for_model(incident.model)
     if not still_needs_containment(incident):
         return "skipped"
     target = model_policy.target
     if target is None:
         store.hand_to_human(
-            incident["id"],
+            incident.id,
             RUNBOOK,
-            f"no target for model {incident['model']} in the policy; add "
-            f"models.{incident['model']}.target to contain it automatically",
+            f"no target for model {incident.model} in the policy; add "
+            f"models.{incident.model}.target to contain it automatically",
         )
         return "no_target"
-    kind = action_kind(target, incident.get("strategy"))
+    kind = action_kind(target, incident.strategy)
     try:
         with_lock = wait_for_lock(incident, f"containment flow run {run}")
         if with_lock is not None:
@@ -88,10 +89,10 @@ def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) ->
         try:
             return _contain_locked(incident, request, target, kind, model_policy, run)
         finally:
-            store.release_remediation_lock(incident["model"], incident["id"])
+            store.release_remediation_lock(incident.model, incident.id)
     except Exception as exc:
         store.add_timeline(
-            incident["id"],
+            incident.id,
             RUNBOOK,
             "error",
             f"containment stopped: {type(exc).__name__}: {exc}",
@@ -100,35 +101,35 @@ def _contain(incident: dict[str, Any], request: ContainmentRequest, run: str) ->
 
 
 def _contain_locked(
-    incident: dict[str, Any],
+    incident: IncidentView,
     request: ContainmentRequest,
     target: Target,
     kind: str,
     model_policy: ModelPolicy,
     run: str,
 ) -> str:
-    with actions.lease_renewal(incident["model"], incident["id"]):
+    with actions.lease_renewal(incident.model, incident.id):
         if not cooled_down(incident, kind):
             return "cooldown"
         if not request.dry_run:
             answer = await_approval(
-                incident["id"],
-                incident["model"],
-                incident["severity"],
+                incident.id,
+                incident.model,
+                incident.severity,
                 kind,
-                f"Approve {kind} for incident {incident['id']} ({incident['model']}, "
-                f"{incident['severity']}): {incident['title']}",
+                f"Approve {kind} for incident {incident.id} ({incident.model}, "
+                f"{incident.severity}): {incident.title}",
                 run,
             )
             if not answer.act:
-                store.hand_to_human(incident["id"], RUNBOOK, answer.say(kind))
+                store.hand_to_human(incident.id, RUNBOOK, answer.say(kind))
                 return answer.status
             # The alert may have resolved while a human decided: look again before acting.
             incident = store.read_incident(request.incident_id)
             if not still_needs_containment(incident):
                 return "skipped"
             store.set_incident_status(
-                incident["id"], "investigating", RUNBOOK, f"containing with {kind}"
+                incident.id, "investigating", RUNBOOK, f"containing with {kind}"
             )
         before = read_metric(incident, model_policy)
         if kind == "gradual_rollback":
@@ -140,14 +141,14 @@ def _contain_locked(
         if done.status == "dry_run":
             return "dry_run"
         if done.status in ("paused", "failed"):
-            store.hand_to_human(incident["id"], RUNBOOK, done.message)
+            store.hand_to_human(incident.id, RUNBOOK, done.message)
             return "automation_paused" if done.status == "paused" else "action_failed"
-        store.set_incident_status(incident["id"], "mitigated", RUNBOOK, done.message)
+        store.set_incident_status(incident.id, "mitigated", RUNBOOK, done.message)
         return verify_and_decide(incident, model_policy, done, before)
 
 
 def _roll_back_gradually(
-    incident: dict[str, Any],
+    incident: IncidentView,
     request: ContainmentRequest,
     target: Target,
     model_policy: ModelPolicy,
@@ -167,29 +168,27 @@ def _roll_back_gradually(
     return verify_and_decide(incident, model_policy, shifted, before)
 
 
-def read_target(incident: dict[str, Any], what: str, read: Callable[[], T]) -> T | str:
+def read_target(incident: IncidentView, what: str, read: Callable[[], T]) -> T | str:
     """What `read` found of the target, or the outcome when it found nothing to act on
     (no_rollback_target) or could not read it (action_failed); a human is told either way
     and nothing is changed."""
     try:
         return read()
     except NoRollbackTarget as missing:
-        store.hand_to_human(incident["id"], RUNBOOK, f"{missing}; nothing changed")
+        store.hand_to_human(incident.id, RUNBOOK, f"{missing}; nothing changed")
         return "no_rollback_target"
     except Exception as exc:
         why = actions.describe_error(exc)
         if why is None:
             raise
-        store.hand_to_human(
-            incident["id"], RUNBOOK, f"reading {what} failed: {why}; nothing changed"
-        )
+        store.hand_to_human(incident.id, RUNBOOK, f"reading {what} failed: {why}; nothing changed")
         return "action_failed"
 
 
-def split_of(incident: dict[str, Any], target: Target, counts_url: str) -> traffic.Split:
+def split_of(incident: IncidentView, target: Target, counts_url: str) -> traffic.Split:
     """The target's traffic split; per-version counts from `counts_url` ({model} filled)
     where the target does not report them itself."""
-    model = incident["model"]
+    model = incident.model
     url = counts_url.format(model=model)
     if isinstance(target, PlatformTarget):
         return traffic.platform_split(target.url, target.name.format(model=model))
@@ -198,11 +197,11 @@ def split_of(incident: dict[str, Any], target: Target, counts_url: str) -> traff
     return traffic.kubernetes_split(target, model, url)
 
 
-def all_traffic_back(incident: dict[str, Any], split: traffic.Split, kind: str) -> Move:
+def all_traffic_back(incident: IncidentView, split: traffic.Split, kind: str) -> Move:
     """An immediate rollback on a target that moves traffic by split: 100 % in one move."""
     return Move(
-        incident["id"],
-        incident["model"],
+        incident.id,
+        incident.model,
         kind,
         split.where,
         split.traffic,
@@ -213,28 +212,28 @@ def all_traffic_back(incident: dict[str, Any], split: traffic.Split, kind: str) 
 
 
 def verify_and_decide(
-    incident: dict[str, Any], model_policy: ModelPolicy, done: Done, before: float | None
+    incident: IncidentView, model_policy: ModelPolicy, done: Done, before: float | None
 ) -> str:
     verdict, value = verify_recovery(incident, model_policy, before)
     rec = model_policy.recovery
     if verdict == "recovered":
         store.set_incident_status(
-            incident["id"], "resolved", RUNBOOK, "the model's metric recovered after containment"
+            incident.id, "resolved", RUNBOOK, "the model's metric recovered after containment"
         )
         return "resolved"
     if verdict == "worse" and done.changed:
         undone = actions.undo(done)
         store.hand_to_human(
-            incident["id"],
+            incident.id,
             RUNBOOK,
             f"{rec.metric} got worse after {done.move.kind} ({before} -> {value}); "
             f"{undone.message}. Decide the next step by hand",
         )
         return "undone"
     store.hand_to_human(
-        incident["id"],
+        incident.id,
         RUNBOOK,
-        f"{rec.metric} of {incident['model']} did not recover within "
+        f"{rec.metric} of {incident.model} did not recover within "
         f"{rec.timeout_seconds:g} s after {done.move.kind} (last value {value}); the safe "
         "state is kept. Escalate to the model owner",
     )
@@ -246,21 +245,21 @@ def flow_run_id() -> str:
     return str(ctx.flow_run.id) if getattr(ctx, "flow_run", None) else "local"
 
 
-def still_needs_containment(incident: dict[str, Any]) -> bool:
-    firing = [a for a in incident["alerts"] if a["status"] == "firing"]
-    if incident["status"] in ("resolved", "closed") or not firing:
+def still_needs_containment(incident: IncidentView) -> bool:
+    firing = [a for a in incident.alerts if a.status == "firing"]
+    if incident.status in ("resolved", "closed") or not firing:
         store.add_timeline(
-            incident["id"],
+            incident.id,
             RUNBOOK,
             "skip",
-            f"incident is {incident['status']} with {len(firing)} firing alerts: "
+            f"incident is {incident.status} with {len(firing)} firing alerts: "
             "nothing to contain, no action taken",
         )
         return False
     return True
 
 
-def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
+def wait_for_lock(incident: IncidentView, holder: str) -> str | None:
     """Take the model's lock, waiting up to the policy's lock_wait_seconds for another
     incident's run; None when taken, else the outcome (a human is told)."""
     wait = store.policy().remediation.lock_wait_seconds
@@ -268,19 +267,19 @@ def wait_for_lock(incident: dict[str, Any], holder: str) -> str | None:
     said = False
     while True:
         try:
-            store.acquire_remediation_lock(incident["model"], incident["id"], holder)
+            store.acquire_remediation_lock(incident.model, incident.id, holder)
             return None
         except LockHeld as held:
             if time.monotonic() >= deadline:
                 store.hand_to_human(
-                    incident["id"],
+                    incident.id,
                     RUNBOOK,
                     f"{held}; waited {wait:g} s, no action taken",
                 )
                 return "locked"
             if not said:
                 store.add_timeline(
-                    incident["id"], RUNBOOK, "lock", f"{held}; waiting up to {wait:g} s"
+                    incident.id, RUNBOOK, "lock", f"{held}; waiting up to {wait:g} s"
                 )
                 said = True
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
@@ -305,22 +304,22 @@ def action_kind(target: Target, strategy: str | None = None) -> str:
     return target.action
 
 
-def cooled_down(incident: dict[str, Any], kind: str) -> bool:
-    left = store.cooldown_left(incident["model"], kind, incident["id"])
+def cooled_down(incident: IncidentView, kind: str) -> bool:
+    left = store.cooldown_left(incident.model, kind, incident.id)
     if left > 0:
         store.add_timeline(
-            incident["id"],
+            incident.id,
             RUNBOOK,
             "skip",
-            f"{kind} on {incident['model']} ran for another incident lately; "
+            f"{kind} on {incident.model} ran for another incident lately; "
             f"cooldown has {left:.0f} s left, no action taken",
         )
         return False
     return True
 
 
-def plan_move(incident: dict[str, Any], target: Target, kind: str) -> Move:
-    model = incident["model"]
+def plan_move(incident: IncidentView, target: Target, kind: str) -> Move:
+    model = incident.model
     if isinstance(target, PlatformTarget):
         return rollback_on_platform(incident, target.url, target.name.format(model=model))
     if isinstance(target, KServeTarget):
@@ -332,8 +331,8 @@ def plan_move(incident: dict[str, Any], target: Target, kind: str) -> Move:
     return route_to_previous_version(incident, target)
 
 
-def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget) -> Move:
-    name = target.service.format(model=incident["model"])
+def route_to_previous_version(incident: IncidentView, target: KubernetesTarget) -> Move:
+    name = target.service.format(model=incident.model)
     svc = k8s.read_namespaced_service(name, target.namespace)
     selector = svc["spec"].get("selector") or {}
     current = selector.get(target.version_label)
@@ -352,8 +351,8 @@ def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget
         return {"selector": patched["spec"]["selector"]}
 
     return Move(
-        incident["id"],
-        incident["model"],
+        incident.id,
+        incident.model,
         "route_to_previous_version",
         f"service/{name} in {target.namespace}",
         current,
@@ -363,16 +362,16 @@ def route_to_previous_version(incident: dict[str, Any], target: KubernetesTarget
     )
 
 
-def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget) -> Move:
+def scale_to_zero(incident: IncidentView, target: KubernetesTarget) -> Move:
     version = next(
         (
-            a["labels"].get(target.version_label)
-            for a in incident["alerts"]
-            if a["labels"].get(target.version_label)
+            a.labels.get(target.version_label)
+            for a in incident.alerts
+            if a.labels.get(target.version_label)
         ),
         "",
     )
-    name = target.deployment.format(model=incident["model"], version=version)
+    name = target.deployment.format(model=incident.model, version=version)
     scale = k8s.read_namespaced_deployment_scale(name, target.namespace)
 
     def apply(replicas: int) -> dict[str, Any]:
@@ -380,8 +379,8 @@ def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget) -> Move:
         return {"replicas": replicas}
 
     return Move(
-        incident["id"],
-        incident["model"],
+        incident.id,
+        incident.model,
         "scale_to_zero",
         f"deployment/{name} in {target.namespace}",
         scale["spec"].get("replicas", 0),
@@ -391,7 +390,7 @@ def scale_to_zero(incident: dict[str, Any], target: KubernetesTarget) -> Move:
     )
 
 
-def rollback_on_platform(incident: dict[str, Any], url: str, name: str) -> Move:
+def rollback_on_platform(incident: IncidentView, url: str, name: str) -> Move:
     status = ml_platform.get_model_status(url, name)
     where = f"model {name} on {url}"
     if not status.get("previousVersion"):
@@ -401,8 +400,8 @@ def rollback_on_platform(incident: dict[str, Any], url: str, name: str) -> Move:
         return ml_platform.post_model_rollback(url, name, version)
 
     return Move(
-        incident["id"],
-        incident["model"],
+        incident.id,
+        incident.model,
         "platform_rollback",
         where,
         status.get("currentVersion"),
@@ -411,10 +410,10 @@ def rollback_on_platform(incident: dict[str, Any], url: str, name: str) -> Move:
     )
 
 
-def move_alias_to_previous_version(incident: dict[str, Any], target: MlflowTarget) -> Move:
+def move_alias_to_previous_version(incident: IncidentView, target: MlflowTarget) -> Move:
     """The registry's rollback: the alias goes back from the version it points at to the
     newest READY version below it that is not tagged stable="false"."""
-    model = incident["model"]
+    model = incident.model
     name = target.name.format(model=model)
     where = f"alias {target.alias} of model {name} on {target.url}"
     try:
@@ -466,7 +465,7 @@ def move_alias_to_previous_version(incident: dict[str, Any], target: MlflowTarge
         return {"alias": target.alias, "version": now}
 
     return Move(
-        incident["id"],
+        incident.id,
         model,
         "registry_rollback",
         where,
@@ -476,11 +475,11 @@ def move_alias_to_previous_version(incident: dict[str, Any], target: MlflowTarge
     )
 
 
-def read_metric(incident: dict[str, Any], model_policy: ModelPolicy) -> float | None:
+def read_metric(incident: IncidentView, model_policy: ModelPolicy) -> float | None:
     rec = model_policy.recovery
     if not rec.url:
         return None
-    model = incident["model"]
+    model = incident.model
     url = rec.url.format(model=model)
     if rec.source == "prometheus":
         return metrics.query_prometheus(url, f'{rec.metric}{{model="{model}"}}')
@@ -488,16 +487,16 @@ def read_metric(incident: dict[str, Any], model_policy: ModelPolicy) -> float | 
 
 
 def verify_recovery(
-    incident: dict[str, Any], model_policy: ModelPolicy, before: float | None = None
+    incident: IncidentView, model_policy: ModelPolicy, before: float | None = None
 ) -> tuple[str, float | None]:
     """Poll the model's metric: `recovered` when it passes `consecutive` times in a row,
     `worse` when it reads worse than `before` by the policy's margin as many times,
     `not_recovered` when the time runs out, `unverified` with no metric to read."""
     rec = model_policy.recovery
-    model = incident["model"]
+    model = incident.model
     if not rec.url:
         store.add_timeline(
-            incident["id"], RUNBOOK, "gap", f"no recovery.url for {model}: recovery not verified"
+            incident.id, RUNBOOK, "gap", f"no recovery.url for {model}: recovery not verified"
         )
         return "unverified", None
     deadline = time.monotonic() + rec.timeout_seconds
@@ -513,7 +512,7 @@ def verify_recovery(
         worse = worse + 1 if is_worse(value, before, rec.above, rec.below, rec.worse_by) else 0
         if passes >= rec.consecutive:
             store.add_timeline(
-                incident["id"],
+                incident.id,
                 RUNBOOK,
                 "verify",
                 f"recovered: {rec.metric}={value:.3f} ({rec.consecutive} readings in a row)",
@@ -521,7 +520,7 @@ def verify_recovery(
             return "recovered", value
         if worse >= rec.consecutive:
             store.add_timeline(
-                incident["id"],
+                incident.id,
                 RUNBOOK,
                 "verify",
                 f"worse: {rec.metric}={value:.3f} against {before:.3f} before the action "
@@ -530,7 +529,7 @@ def verify_recovery(
             return "worse", value
         time.sleep(rec.interval_seconds)
     store.add_timeline(
-        incident["id"],
+        incident.id,
         RUNBOOK,
         "verify",
         f"not recovered within {rec.timeout_seconds:.0f} s: last {rec.metric}={value}",

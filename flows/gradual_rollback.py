@@ -23,6 +23,7 @@ from prefect.artifacts import create_table_artifact
 
 from checks.rollout import Counts, Judgement, judge
 from runbooks.policy import Rollout
+from runbooks.views import IncidentView
 from tasks import actions
 from tasks import incident_store as store
 from tasks.actions import Done, Move
@@ -33,11 +34,11 @@ RUNBOOK = "containment"
 
 
 def shift_gradually(
-    incident: dict[str, Any], split: Split, rollout: Rollout, dry_run: bool, run: str
+    incident: IncidentView, split: Split, rollout: Rollout, dry_run: bool, run: str
 ) -> Done | str:
     """The whole shift as one Done (for verification and undo), or the outcome that ended
     it early: dry_run, aborted, held, automation_paused, action_failed."""
-    iid, model = incident["id"], incident["model"]
+    iid, model = incident.id, incident.model
     baseline = split.counts(split.bad) or Counts(0, 0, 0)
     original = split.traffic
     rows: list[dict[str, Any]] = []
@@ -75,7 +76,7 @@ def shift_gradually(
             answer = await_approval(
                 iid,
                 model,
-                incident["severity"],
+                incident.severity,
                 "continue_rollback",
                 f"Gradual rollback of {model}, {step} ({split.stable} at {percent}%) is "
                 f"inconclusive: {verdict.reason}. Go on to the next step?",

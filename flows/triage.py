@@ -24,6 +24,7 @@ from flows.containment import flow_run_id
 from runbooks.policy import KubernetesTarget, Policy, load_policy
 from runbooks.routing import oncall_now
 from runbooks.triage import decide
+from runbooks.views import IncidentView
 from tasks import incident_store as store
 from tasks.enrichment import enrich_incident
 
@@ -45,15 +46,15 @@ class TriageRequest(BaseModel):
 @flow(name="triage", log_prints=True)
 def triage(request: TriageRequest) -> str:
     incident = store.read_incident(request.incident_id)
-    owner = store.claim_triage(incident["id"], flow_run_id(), request.retriage)
+    owner = store.claim_triage(incident.id, flow_run_id(), request.retriage)
     if owner is not None:
         # A redelivered event: the run that claimed the incident decides, this one does not.
         return f"already triaged by flow run {owner}"
     policy = load_policy(request.policy_file) if request.policy_file else store.policy()
     if request.policy_file:
-        store.add_timeline(incident["id"], "triage", "policy", f"policy {request.policy_file}")
+        store.add_timeline(incident.id, "triage", "policy", f"policy {request.policy_file}")
     now = datetime.now(UTC)
-    enrichment = enrich_incident.submit(incident["model"], **enrichment_args(incident, policy, now))
+    enrichment = enrich_incident.submit(incident.model, **enrichment_args(incident, policy, now))
     decision = decide(
         incident,
         policy,
@@ -63,7 +64,7 @@ def triage(request: TriageRequest) -> str:
         retriage=request.retriage,
     )
     store.record_triage(
-        incident["id"],
+        incident.id,
         decision.fields,
         list(decision.reasons),
         decision.last_alert_read,
@@ -73,24 +74,24 @@ def triage(request: TriageRequest) -> str:
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
     if not enrichment.state.is_completed():
         store.add_timeline(
-            incident["id"],
+            incident.id,
             "triage",
             "gap",
             f"enrichment not done in {policy.enrichment.timeout_seconds:g} s; "
             "the runbook goes first, the context follows",
         )
     context = enrichment.result()
-    store.record_enrichment(incident["id"], context.to_dict(), context.summary_lines())
+    store.record_enrichment(incident.id, context.to_dict(), context.summary_lines())
     return decision.strategy
 
 
-def enrichment_args(incident: dict[str, Any], policy: Policy, now: datetime) -> dict[str, Any]:
+def enrichment_args(incident: IncidentView, policy: Policy, now: datetime) -> dict[str, Any]:
     """`enrich_incident`'s sources for this incident, from the model's policy."""
     e = policy.enrichment
-    model = policy.for_model(incident["model"])
+    model = policy.for_model(incident.model)
     args: dict[str, Any] = {
         "registry_url": e.mlflow_url or None,
-        "registry_model": model.registry.name.format(model=incident["model"]),
+        "registry_model": model.registry.name.format(model=incident.model),
         "aliases": model.registry.aliases,
         "owners": model.owners,
         "on_call": [p for p in [oncall_now(policy, now)] if p],
@@ -98,11 +99,11 @@ def enrichment_args(incident: dict[str, Any], policy: Policy, now: datetime) -> 
     }
     target = model.target
     version = next(
-        (a["labels"].get("version") for a in incident["alerts"] if a["labels"].get("version")),
+        (a.labels.get("version") for a in incident.alerts if a.labels.get("version")),
         None,
     )
     if e.kubernetes_history and isinstance(target, KubernetesTarget) and version:
         args["namespace"] = target.namespace
-        args["deployment"] = target.deployment.format(model=incident["model"], version=version)
+        args["deployment"] = target.deployment.format(model=incident.model, version=version)
         args["version_label"] = target.version_label
     return args

@@ -1,15 +1,16 @@
 """Triage's decision: steps 2 and 4 of the triage runbook, as one pure function.
 
-From the incident as the store reads it (its row and its alerts), the policy and the clock:
-severity and class, criticality, strategy, assignee and route, whether the strategy's
-runbook starts, and the timeline line that says why for each. No database, no Prefect, no
-I/O: the triage flow reads the incident, records this decision and announces it.
+From the incident as the store reads it (an `IncidentView`: its row and its alerts), the
+policy and the clock: severity and class, criticality, strategy, assignee and route,
+whether the strategy's runbook starts, and the timeline line that says why for each. No
+database, no Prefect, no I/O: the triage flow reads the incident, records this decision
+and announces it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from runbooks.ingest import confidence_from
@@ -18,6 +19,7 @@ from runbooks.routing import criticality, route
 from runbooks.severity import RANK, Assessment, assess
 from runbooks.strategy import CONTAINS, Decision, choose_strategy
 from runbooks.taxonomy import Classification, classify
+from runbooks.views import AlertView, IncidentView
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class TriageDecision:
 
 
 def decide(
-    incident: dict[str, Any],
+    incident: IncidentView,
     policy: Policy,
     now: datetime,
     *,
@@ -62,10 +64,10 @@ def decide(
     retriage: bool,
 ) -> TriageDecision:
     """Classify, score, choose the strategy and route the incident, each with its reason."""
-    model = policy.for_model(incident["model"])
+    model = policy.for_model(incident.model)
     severity, c, assessment, reasons = classify_incident(incident, policy)
     strategy = choose_strategy(severity, c, model, policy)
-    routed = route(severity, c, model, policy, _time(incident["opened_at"]), now)
+    routed = route(severity, c, model, policy, incident.opened_at, now)
     score = criticality(
         severity,
         c,
@@ -97,12 +99,12 @@ def decide(
             f"channels {', '.join(routed.channels) or 'none'}",
         ),
         start=start,
-        last_alert_read=max((a["id"] for a in incident["alerts"]), default=0),
+        last_alert_read=max((a.id for a in incident.alerts), default=0),
     )
 
 
 def runbook_start(
-    incident: dict[str, Any],
+    incident: IncidentView,
     decision: Decision,
     *,
     dry_run: bool,
@@ -112,16 +114,16 @@ def runbook_start(
     """Whether the strategy's runbook starts (its start payload, or None) and why."""
     # A re-triage (an escalation, or by hand) does not start a second containment: the
     # first decision started one, and two at once would ask twice and act twice.
-    started_before = retriage and incident["strategy"] in CONTAINS
+    started_before = retriage and incident.strategy in CONTAINS
     if not decision.runbook:
         return None, "no automated runbook for this strategy yet: the assignee runs it by hand"
     if started_before and decision.strategy in CONTAINS:
         return None, (
             f"runbook {decision.runbook} not started again: the first triage started it "
-            f"({incident['strategy']}); start the containment deployment by hand to rerun it"
+            f"({incident.strategy}); start the containment deployment by hand to rerun it"
         )
-    if incident["suppressed_reason"]:
-        return None, f"suppressed ({incident['suppressed_reason']}): no runbook started"
+    if incident.suppressed_reason:
+        return None, f"suppressed ({incident.suppressed_reason}): no runbook started"
     if not start_runbook:
         return None, f"runbook {decision.runbook} not started (start_runbook is off)"
     # The decision names the run: the runbook claims it, so a redelivered event or a
@@ -134,36 +136,31 @@ def runbook_start(
     return start, f"runbook {decision.runbook} starts next"
 
 
-def firing_alerts(incident: dict[str, Any]) -> list[dict[str, Any]]:
+def firing_alerts(incident: IncidentView) -> list[AlertView]:
     """The alerts triage judges: the firing, unmuted ones; failing those, the firing, then
     any, so that an incident made only of muted or resolved alerts is still classified."""
-    firing = [a for a in incident["alerts"] if a["status"] == "firing"]
-    unmuted = [a for a in firing if not a.get("suppressed_reason")]
-    return unmuted or firing or incident["alerts"]
+    firing = [a for a in incident.alerts if a.status == "firing"]
+    unmuted = [a for a in firing if not a.suppressed_reason]
+    return unmuted or firing or incident.alerts
 
 
 def classify_incident(
-    incident: dict[str, Any], policy: Policy
+    incident: IncidentView, policy: Policy
 ) -> tuple[str, Classification, Assessment | None, list[str]]:
     """The worst severity over the incident's firing alerts, its class, and why."""
-    if incident["source"] == "manual" and incident["severity"]:
-        labels = incident["alerts"][0]["labels"] if incident["alerts"] else {}
+    if incident.source == "manual" and incident.severity:
+        labels = incident.alerts[0].labels if incident.alerts else {}
         c = classify(labels, policy.labels)
-        if incident["type"]:
-            c.type = incident["type"]
-        return incident["severity"], c, None, [f"{incident['severity']} as reported by a human"]
+        if incident.type:
+            c.type = incident.type
+        return incident.severity, c, None, [f"{incident.severity} as reported by a human"]
     alerts = firing_alerts(incident)
-    results = [(assess(a["labels"], a["annotations"], policy), a) for a in alerts]
+    results = [(assess(a.labels, a.annotations, policy), a) for a in alerts]
     worst, alert = min(results, key=lambda r: RANK[r[0].severity])
-    c = classify(alert["labels"], policy.labels)
+    c = classify(alert.labels, policy.labels)
     gaps = [g for r, _ in results for g in r.gaps] + c.gaps
     reasons = list(dict.fromkeys(worst.reasons + [f"gap: {g}" for g in gaps]))
     return worst.severity, c, worst, reasons
-
-
-def _time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _magnitude(a: Assessment | None) -> float | None:
@@ -172,8 +169,8 @@ def _magnitude(a: Assessment | None) -> float | None:
     return abs(a.baseline - a.value) / abs(a.baseline)
 
 
-def _confidence(incident: dict[str, Any], policy: Policy) -> float | None:
+def _confidence(incident: IncidentView, policy: Policy) -> float | None:
     alerts = firing_alerts(incident)
     if not alerts:
         return None
-    return confidence_from(alerts[0]["labels"], alerts[0]["annotations"], policy)
+    return confidence_from(alerts[0].labels, alerts[0].annotations, policy)

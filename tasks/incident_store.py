@@ -17,6 +17,7 @@ from runbooks.models import Action, Alert, Approval, Incident, IncidentStatus, u
 from runbooks.policy import Policy, load_policy
 from runbooks.settings import get_settings
 from runbooks.store import session_scope
+from runbooks.views import IncidentView
 from tasks import events
 from tasks.retry import BACKOFF, retry_when
 
@@ -41,7 +42,7 @@ class IncidentNotFound(LookupError):
 
 
 @task(**_retry)
-def read_incident(incident_id: int) -> dict[str, Any]:
+def read_incident(incident_id: int) -> IncidentView:
     with session_scope(db()) as s:
         incident = s.get(Incident, incident_id)
         if incident is None:
@@ -50,10 +51,7 @@ def read_incident(incident_id: int) -> dict[str, Any]:
                 "check the event payload's incident_id and RUNBOOKS_DATABASE_URL"
             )
         alerts = s.exec(select(Alert).where(Alert.incident_id == incident_id)).all()
-        return {
-            **incident.model_dump(mode="json"),
-            "alerts": [a.model_dump(mode="json") for a in alerts],
-        }
+        return IncidentView.of(incident, alerts)
 
 
 @task(**_retry)

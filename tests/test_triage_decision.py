@@ -1,5 +1,6 @@
 """Triage's decision as a pure function of the incident, the policy and the clock: no
-Prefect, no database. Incidents are built the shape `read_incident` returns them."""
+Prefect, no database. Incidents are built as `read_incident` returns them: an
+`IncidentView` of the rows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from runbooks.models import Alert, Incident
 from runbooks.policy import DEFAULT_POLICY, Policy, parse_policy
 from runbooks.triage import decide
+from runbooks.views import IncidentView
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
 NOW = T0 + timedelta(minutes=2)
@@ -46,8 +48,8 @@ def alert(
     status: str = "firing",
     suppressed_reason: str | None = None,
     **labels_and_annotations: str,
-) -> dict[str, Any]:
-    """An alert row as the store dumps it; `value` and `baseline` go in the annotations."""
+) -> Alert:
+    """An alert row; `value` and `baseline` go in the annotations."""
     annotations = {
         k: labels_and_annotations.pop(k)
         for k in ("value", "baseline")
@@ -65,13 +67,12 @@ def alert(
         annotations=annotations,
         incident_id=1,
         suppressed_reason=suppressed_reason,
-    ).model_dump(mode="json")
+    )
 
 
-def incident(*alerts: dict[str, Any], **row: Any) -> dict[str, Any]:
-    """An incident as `store.read_incident` returns it: the row, dumped to JSON, and its
-    alerts."""
-    model = alerts[0]["model"] if alerts else row.pop("model", "fraud-v3")
+def incident(*alerts: Alert, **row: Any) -> IncidentView:
+    """An incident as `store.read_incident` returns it: the row and its alerts."""
+    model = alerts[0].model if alerts else row.pop("model", "fraud-v3")
     fields: dict[str, Any] = {
         "id": 1,
         "model": model,
@@ -80,14 +81,14 @@ def incident(*alerts: dict[str, Any], **row: Any) -> dict[str, Any]:
         "opened_at": T0,
         **row,
     }
-    return {**Incident(**fields).model_dump(mode="json"), "alerts": list(alerts)}
+    return IncidentView.of(Incident(**fields), alerts)
 
 
-def f1_drop(model: str = "fraud-v3", value: str = "0.64", **kw: str) -> dict[str, Any]:
+def f1_drop(model: str = "fraud-v3", value: str = "0.64", **kw: str) -> Alert:
     return alert(model, "ModelF1Low", metric="f1_score", value=value, **kw)
 
 
-def decided(incident: dict[str, Any], **flags: Any) -> Any:
+def decided(incident: IncidentView, **flags: Any) -> Any:
     options = {"dry_run": False, "start_runbook": True, "retriage": False, **flags}
     return decide(incident, POLICY, NOW, **options)
 
