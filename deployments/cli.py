@@ -187,16 +187,17 @@ def cmd_automation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auth() -> dict[str, str]:
-    token = os.environ.get("RUNBOOKS_INTAKE_TOKEN", "")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _intake(url: str):  # type: ignore[no-untyped-def]
+    from tasks.intake_client import IntakeClient
+
+    return IntakeClient(url, url_from="--url or RUNBOOKS_INTAKE_URL", timeout=10)
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
     """Like amtool silence: the intake's silences API from the shell."""
-    import httpx
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
 
-    base = args.url.rstrip("/") + "/api/v1/silences"
+    intake = _intake(args.url)
     try:
         if args.action == "add":
             body = {
@@ -207,18 +208,19 @@ def cmd_silence(args: argparse.Namespace) -> int:
             }
             if args.start:
                 body["startsAt"] = args.start
-            r = httpx.post(base, json=body, headers=_auth(), timeout=10)
+            data = intake.add_silence(body)
         elif args.action == "expire":
-            r = httpx.delete(f"{base}/{args.id}", headers=_auth(), timeout=10)
+            data = intake.expire_silence(args.id)
         else:
-            r = httpx.get(base, params={"state": args.state}, headers=_auth(), timeout=10)
-    except httpx.HTTPError as err:
-        print(f"cannot reach the intake at {args.url}: {err}; set --url or RUNBOOKS_INTAKE_URL")
+            data = intake.list_silences(args.state)
+    except IntakeUnreachable as err:
+        print(
+            f"cannot reach the intake at {args.url}: {err.reason}; set --url or RUNBOOKS_INTAKE_URL"
+        )
         return 1
-    if r.status_code >= 400:
-        print(r.json().get("error", r.text), file=sys.stderr)
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
         return 1
-    data = r.json()
     if args.action in ("query", "list"):
         for v in data["items"]:
             print(
@@ -233,15 +235,14 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    import httpx
+    from tasks.intake_client import IntakeRefused
 
-    base = args.url.rstrip("/")
-    path = f"/api/v1/incidents/{args.id}" if args.id else "/api/v1/incidents"
-    r = httpx.get(base + path, headers=_auth(), timeout=10)
-    if r.status_code >= 400:
-        print(r.json().get("error", r.text), file=sys.stderr)
+    intake = _intake(args.url)
+    try:
+        data = intake.get_incident(args.id) if args.id else intake.list_incidents()
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
         return 1
-    data = r.json()
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.id:

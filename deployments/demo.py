@@ -47,6 +47,7 @@ from runbooks.models import Approval
 from runbooks.policy import DEFAULT_POLICY
 from runbooks.remediation import started_runbooks
 from runbooks.store import session_scope
+from tasks.intake_client import IntakeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = "fraud-ml-oncall"
@@ -124,7 +125,7 @@ class Demo:
     def __init__(self, stack: Stack, home: Path, sandbox: Sandbox) -> None:
         self.stack = stack
         self.sandbox = sandbox
-        self.auth = {"Authorization": f"Bearer {stack.token}"}
+        self.intake = IntakeClient(stack.intake_url, stack.token)
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOKS_"))}
         self.shell = {**clean, **stack.env, "PREFECT_HOME": str(home / "prefect")}
 
@@ -141,11 +142,7 @@ class Demo:
         return r.json()
 
     def incident(self, incident_id: int) -> dict[str, Any]:
-        r = httpx.get(
-            f"{self.stack.intake_url}/api/v1/incidents/{incident_id}", headers=self.auth, timeout=5
-        )
-        r.raise_for_status()
-        return r.json()
+        return self.intake.get_incident(incident_id)
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         r = httpx.get(f"{self.stack.prefect_url}/api/flow_runs/{run_id}", timeout=5)
@@ -455,10 +452,8 @@ def watch_and_alert(demo: Demo, model: str, bad: str, timeout: float = 90) -> in
         mean = statistics.fmean(readings) if len(readings) == readings.maxlen else 1.0
         if mean < ALERT_BELOW:
             say(f"monitor: mean F1 of {model} {bad} is {mean:.3f} < {ALERT_BELOW}: posting alert")
-            r = httpx.post(
-                f"{demo.stack.intake_url}/api/v1/alerts",
-                headers=demo.auth,
-                json={
+            accepted = demo.intake.post_alerts(
+                {
                     "model": model,
                     "alertname": "ModelF1Low",
                     "metric": "f1_score",
@@ -466,11 +461,9 @@ def watch_and_alert(demo: Demo, model: str, bad: str, timeout: float = 90) -> in
                     "baseline": BASELINE_F1,
                     "labels": {"version": bad},
                     "annotations": {"summary": f"F1 of {model} dropped to {mean:.2f}"},
-                },
-                timeout=10,
+                }
             )
-            r.raise_for_status()
-            incident_id = r.json()["incidents"][0]
+            incident_id = accepted["incidents"][0]
             say(f"intake accepted it: incident {incident_id} opened")
             return incident_id
         time.sleep(0.25)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -24,9 +23,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from checks.sweep import MetricTables, ModelSweep, evaluate
 from runbooks.policy import SeverityRule
-from runbooks.settings import DEFAULT_INTAKE_URL, Settings, get_settings
+from runbooks.settings import DEFAULT_INTAKE_URL, Settings
 from tasks import incident_store as store
-from tasks.retry import BACKOFF, retry_when, transient_http
+from tasks.intake_client import IntakeClient, transient
+from tasks.retry import BACKOFF, retry_when
 from tasks.sweep_sources import (
     DirectorySource,
     FiringAlert,
@@ -35,13 +35,6 @@ from tasks.sweep_sources import (
     list_models,
     read_metric_tables,
 )
-
-TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-PAGE = 500
-
-
-class IntakeUnreachable(RuntimeError):
-    """The intake did not answer; the message names the URL and what to check."""
 
 
 class SweepConfigError(ValueError):
@@ -59,14 +52,10 @@ class SweepInputError(RuntimeError):
         return str(self.args[0])
 
 
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, IntakeUnreachable) or transient_http(exc)
-
-
 _http_retry: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": BACKOFF[:2],
-    "retry_condition_fn": retry_when(_transient),
+    "retry_condition_fn": retry_when(transient),
 }
 
 
@@ -273,46 +262,14 @@ def evaluate_model(
     return swept
 
 
-def _headers() -> dict[str, str]:
-    token = get_settings().intake_token
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _answer(r: httpx.Response) -> dict[str, Any]:
-    if r.status_code >= 400:
-        # The intake's own error names the field and the fix.
-        raise httpx.HTTPStatusError(
-            f"{r.request.method} {r.request.url} -> {r.status_code}: {r.text[:300]}",
-            request=r.request,
-            response=r,
-        )
-    return r.json()
-
-
-def _call(method: str, url: str, **kw: Any) -> dict[str, Any]:
-    try:
-        r = httpx.request(method, url, headers=_headers(), timeout=TIMEOUT, **kw)
-    except httpx.TransportError as err:
-        raise IntakeUnreachable(
-            f"intake at {url} did not answer ({type(err).__name__}: {err}); is `runbooks "
-            "serve` running there? Check RUNBOOKS_INTAKE_URL or request.intake_url"
-        ) from err
-    return _answer(r)
+def _client(intake: str) -> IntakeClient:
+    return IntakeClient(intake, url_from="RUNBOOKS_INTAKE_URL or request.intake_url")
 
 
 @task(task_run_name="list_incidents-{model}", **_http_retry)
 def list_incidents(intake: str, model: str) -> list[dict[str, Any]]:
     """Every incident of the model, oldest page last (the intake answers newest first)."""
-    items: list[dict[str, Any]] = []
-    while True:
-        page = _call(
-            "GET",
-            f"{intake}/api/v1/incidents",
-            params={"model": model, "limit": PAGE, "offset": len(items)},
-        )
-        items += page["items"]
-        if not page["items"] or len(items) >= page["total"]:
-            return items
+    return _client(intake).incidents_of(model)
 
 
 def firing_sweep_alerts(incidents: list[dict[str, Any]]) -> list[FiringAlert]:
@@ -331,7 +288,7 @@ def firing_sweep_alerts(incidents: list[dict[str, Any]]) -> list[FiringAlert]:
 @task(**_http_retry)
 def post_alerts(intake: str, alerts: list[dict[str, Any]]) -> dict[str, Any]:
     """One post per model: the intake stores the whole batch in one transaction."""
-    return _call("POST", f"{intake}/api/v1/alerts", json=alerts)
+    return _client(intake).post_alerts(alerts)
 
 
 def report(summary: SweepSummary) -> None:
