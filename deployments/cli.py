@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,64 +91,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from prefect.exceptions import NotPausedError
-    from prefect.flow_runs import resume_flow_run
-    from sqlmodel import col, select
+    from tasks.approvals import ApprovalAnswerError, answer_approval
 
-    from runbooks.approvals import may_approve, refusal
-    from runbooks.incidents import add_timeline
-    from runbooks.models import Approval, Incident
-    from runbooks.settings import get_settings
-    from runbooks.store import session_scope
-
-    with session_scope(get_settings().resolved_database_url()) as s:
-        latest = s.exec(
-            select(Approval)
-            .where(Approval.incident_id == args.incident)
-            .order_by(col(Approval.id).desc())
-        ).first()
-        if latest is None:
-            print(f"incident {args.incident} has no approval to answer", file=sys.stderr)
-            return 1
-        if latest.status != "pending":
-            when = f" at {latest.decided_at:%Y-%m-%d %H:%M:%SZ}" if latest.decided_at else ""
-            print(
-                f"the approval of {latest.action} for incident {args.incident} is already "
-                f"{latest.status.replace('_', ' ')} (by {latest.decided_by}{when}"
-                f"{': ' + latest.comment if latest.comment else ''}); nothing to answer",
-                file=sys.stderr,
-            )
-            return 1
-        if not may_approve(args.by, latest.approvers):
-            incident = s.get(Incident, args.incident)
-            why = refusal(args.by, latest.approvers, incident.model, incident.severity)
-            add_timeline(s, args.incident, args.by, "refused", f"runbooks approve refused: {why}")
-            print(why, file=sys.stderr)
-            return 1
-        pending = latest
-    answer = {"approve": not args.reject, "approver": args.by, "comment": args.comment}
-    # The approval is recorded a moment before Prefect registers the pause and its form; an
-    # answer given in that moment waits for the pause instead of failing.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            resume_flow_run(pending.flow_run_id, run_input=answer)
-            break
-        except (RuntimeError, NotPausedError) as err:
-            waiting = isinstance(err, NotPausedError) or "schema not found" in str(err)
-            if not waiting:
-                print(f"cannot answer flow run {pending.flow_run_id}: {err}", file=sys.stderr)
-                return 1
-            if time.monotonic() > deadline:
-                print(
-                    f"flow run {pending.flow_run_id} did not pause for approval in 30 s "
-                    f"({err}); check it in the Prefect UI",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.5)
-    verb = "rejected" if args.reject else "approved"
-    print(f"{pending.action} for incident {args.incident} {verb} by {args.by}")
+    try:
+        answer = answer_approval(
+            args.incident, args.by, not args.reject, args.comment, via="runbooks approve"
+        )
+    except ApprovalAnswerError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(answer.say())
     return 0
 
 

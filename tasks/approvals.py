@@ -7,6 +7,11 @@ run, so the pause is given longer than the policy's timeout and this module's ow
 answers first: it marks the approval `timed_out` (the first decision wins, in one
 conditional UPDATE) and resumes the run with the policy's answer. An answer from someone
 not on the approval's allow-list is refused on the timeline and the run keeps waiting.
+
+`answer_approval` is the one way a person answers (`runbooks approve`, a Slack button): it
+checks the allow-list, then resumes the pause. The question and its decision are posted
+to the incident's channels (the Slack message gets Approve/Reject buttons, then shows who
+decided).
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from prefect.exceptions import NotPausedError
 from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
+from sqlmodel import col, select
 
 from runbooks.approvals import approvers, may_approve, refusal
+from runbooks.incidents import add_timeline
+from runbooks.models import Approval as ApprovalRow
+from runbooks.models import Incident
+from runbooks.store import session_scope
 from tasks import incident_store as store
+from tasks.notifications import notify
 
 # The pause outlives the policy's timeout by this much, so the timer always answers first.
 PAUSE_GRACE_SECONDS = 120
@@ -87,10 +98,17 @@ def await_approval(
     )
     timer = _TimeoutTimer(approval_id, flow_run_id, timeout, on_timeout)
     timer.start()
+    notify(
+        incident_id,
+        "approval",
+        people=allowed,
+        data={"approval_id": approval_id, "why": description},
+    )
     try:
         row = _wait_for_allowed_answer(approval_id, allowed, model, sev, description, timeout)
     finally:
         timer.cancel()
+    notify(incident_id, "decided", data={"approval_id": approval_id})
     return Answer(
         row["status"],
         row["decided_by"] or "",
@@ -164,3 +182,115 @@ class _TimeoutTimer(threading.Thread):
             except Exception as err:  # noqa: BLE001  the pause's own expiry is the fallback
                 log.warning("approval timeout could not resume the run: %s", err)
                 time.sleep(1)
+
+
+class ApprovalAnswerError(RuntimeError):
+    """An answer that was not taken; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class GivenAnswer:
+    """A person's answer that passed the allow-list, before or after it reached the run."""
+
+    incident_id: int
+    approval_id: int
+    action: str
+    flow_run_id: str
+    approve: bool
+    by: str
+    comment: str
+
+    def say(self) -> str:
+        verb = "approved" if self.approve else "rejected"
+        return f"{self.action} for incident {self.incident_id} {verb} by {self.by}"
+
+
+def check_answer(
+    incident_id: int,
+    by: str,
+    approve: bool,
+    comment: str = "",
+    *,
+    via: str = "runbooks approve",
+    approval_id: int | None = None,
+) -> GivenAnswer:
+    """The pending approval `by` may answer (the incident's latest, or `approval_id`), or
+    ApprovalAnswerError saying why not; a refusal by the allow-list is on the timeline."""
+    with session_scope(store.db()) as s:
+        if approval_id is None:
+            row = s.exec(
+                select(ApprovalRow)
+                .where(ApprovalRow.incident_id == incident_id)
+                .order_by(col(ApprovalRow.id).desc())
+            ).first()
+        else:
+            row = s.get(ApprovalRow, approval_id)
+            row = row if row is not None and row.incident_id == incident_id else None
+        if row is None:
+            raise ApprovalAnswerError(f"incident {incident_id} has no approval to answer")
+        if row.status != "pending":
+            raise ApprovalAnswerError(_already(row))
+        refused = None
+        if not may_approve(by, row.approvers):
+            incident = s.get(Incident, incident_id)
+            refused = refusal(by, row.approvers, incident.model, incident.severity)
+            add_timeline(s, incident_id, by, "refused", f"{via} refused: {refused}")
+        answer = GivenAnswer(
+            incident_id, row.id, row.action, row.flow_run_id or "", approve, by, comment
+        )
+    if refused is not None:
+        raise ApprovalAnswerError(refused)  # after the commit: the refusal stays on record
+    return answer
+
+
+def resume_with_answer(answer: GivenAnswer, wait_seconds: float = 30) -> None:
+    """Give the answer to the paused run. The approval is recorded a moment before Prefect
+    registers the pause and its form: an answer given in that moment waits for the pause.
+    It stops when the approval is decided meanwhile (another answer, the timer), so a
+    second answer never reaches a later pause."""
+    run_input = {"approve": answer.approve, "approver": answer.by, "comment": answer.comment}
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            resume_flow_run(answer.flow_run_id, run_input=run_input)
+            return
+        except (RuntimeError, NotPausedError) as err:
+            waiting = isinstance(err, NotPausedError) or "schema not found" in str(err)
+            if not waiting:
+                raise ApprovalAnswerError(
+                    f"cannot answer flow run {answer.flow_run_id}: {err}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise ApprovalAnswerError(
+                    f"flow run {answer.flow_run_id} did not pause for approval in "
+                    f"{wait_seconds:g} s ({err}); check it in the Prefect UI"
+                ) from None
+        with session_scope(store.db()) as s:
+            row = s.get(ApprovalRow, answer.approval_id)
+            if row.status != "pending":
+                raise ApprovalAnswerError(_already(row))
+        time.sleep(0.5)
+
+
+def answer_approval(
+    incident_id: int,
+    by: str,
+    approve: bool,
+    comment: str = "",
+    *,
+    via: str = "runbooks approve",
+    approval_id: int | None = None,
+) -> GivenAnswer:
+    """Check the answer against the allow-list, then give it to the waiting run."""
+    answer = check_answer(incident_id, by, approve, comment, via=via, approval_id=approval_id)
+    resume_with_answer(answer)
+    return answer
+
+
+def _already(row: ApprovalRow) -> str:
+    when = f" at {row.decided_at:%Y-%m-%d %H:%M:%SZ}" if row.decided_at else ""
+    return (
+        f"the approval of {row.action} for incident {row.incident_id} is already "
+        f"{row.status.replace('_', ' ')} (by {row.decided_by}{when}"
+        f"{': ' + row.comment if row.comment else ''}); nothing to answer"
+    )
