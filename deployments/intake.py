@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from deployments.outbox import OutboxDeliverer
@@ -334,6 +335,26 @@ def create_app(
                 raise IntakeError(409, str(err)) from None
             items = [remediation.pause_view(p) for p in remediation.automation_pauses(s)]
         return {"message": line, "paused": bool(items), "items": items}
+
+    @app.post("/api/v1/slack/interactions")
+    async def slack_interaction(request: Request) -> JSONResponse:
+        """Slack's button presses. No bearer token: Slack signs them (docs/notifications.md)."""
+        raw = await request.body()
+        if len(raw) > max_body_bytes:
+            raise IntakeError(413, f"body is over the limit of {max_body_bytes} bytes")
+
+        def handle() -> Any:
+            # Imported here, off the event loop: it brings Prefect and slack_sdk.
+            from deployments import slack_interactions
+
+            return slack_interactions.handle_http(raw, dict(request.headers), policy, database_url)
+
+        reply = await run_in_threadpool(handle)
+        if deliverer is not None:
+            deliverer.poke()
+        return JSONResponse(
+            reply.body, status_code=reply.status, background=BackgroundTask(reply.after)
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

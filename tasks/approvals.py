@@ -213,10 +213,11 @@ def check_answer(
     *,
     via: str = "runbooks approve",
     approval_id: int | None = None,
+    database_url: str | None = None,
 ) -> GivenAnswer:
     """The pending approval `by` may answer (the incident's latest, or `approval_id`), or
     ApprovalAnswerError saying why not; a refusal by the allow-list is on the timeline."""
-    with session_scope(store.db()) as s:
+    with session_scope(database_url or store.db()) as s:
         if approval_id is None:
             row = s.exec(
                 select(ApprovalRow)
@@ -243,7 +244,9 @@ def check_answer(
     return answer
 
 
-def resume_with_answer(answer: GivenAnswer, wait_seconds: float = 30) -> None:
+def resume_with_answer(
+    answer: GivenAnswer, wait_seconds: float = 30, database_url: str | None = None
+) -> None:
     """Give the answer to the paused run. The approval is recorded a moment before Prefect
     registers the pause and its form: an answer given in that moment waits for the pause.
     It stops when the approval is decided meanwhile (another answer, the timer), so a
@@ -265,7 +268,7 @@ def resume_with_answer(answer: GivenAnswer, wait_seconds: float = 30) -> None:
                     f"flow run {answer.flow_run_id} did not pause for approval in "
                     f"{wait_seconds:g} s ({err}); check it in the Prefect UI"
                 ) from None
-        with session_scope(store.db()) as s:
+        with session_scope(database_url or store.db()) as s:
             row = s.get(ApprovalRow, answer.approval_id)
             if row.status != "pending":
                 raise ApprovalAnswerError(_already(row))

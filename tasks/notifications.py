@@ -461,6 +461,7 @@ def _skipped_once(incident_id: int, channel: str, why: str) -> None:
 
 # -- Slack -----------------------------------------------------------------------------
 
+
 class _Scrubbed(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = scrub(record.getMessage()), None
