@@ -50,7 +50,9 @@ def read_incident(incident_id: int) -> IncidentView:
                 f"incident {incident_id} does not exist in {db().split('@')[-1]}; "
                 "check the event payload's incident_id and RUNBOOKS_DATABASE_URL"
             )
-        alerts = s.exec(select(Alert).where(Alert.incident_id == incident_id)).all()
+        alerts = s.exec(
+            select(Alert).where(Alert.incident_id == incident_id).order_by(Alert.id)
+        ).all()
         return IncidentView.of(incident, alerts)
 
 
