@@ -74,15 +74,7 @@ def route(
         why = "no service owner, model owner, skill match or on-call rotation in the policy"
     people = [p for p in [*model.owners, *skilled, oncall] if p and p != assignee]
     backups = list(dict.fromkeys(people))
-    lead = r.team_leads.get(model.team)
-    names = {"oncall": oncall or assignee, "team_lead": lead}
-    escalation = [
-        {"after_minutes": s.after_minutes, "who": names.get(s.who) or s.who} for s in r.escalation
-    ]
-    if c.type == "compliance":
-        escalation.insert(1, {"after_minutes": 0, "who": r.compliance_officer})
-    if c.type == "security":
-        escalation.insert(1, {"after_minutes": 0, "who": r.security_team})
+    escalation = escalation_chain(c.type, model, policy, oncall or assignee)
     sla = r.deadlines.get(severity)  # type: ignore[call-overload]
     deadlines = {}
     if sla is not None:
@@ -90,6 +82,35 @@ def route(
             deadlines[step] = (opened_at + timedelta(minutes=getattr(sla, step))).isoformat()
     channels = list(r.channels.get(severity, []))  # type: ignore[call-overload]
     return Route(assignee, why, backups, escalation, channels, deadlines)
+
+
+# The policy's role words as a timeline line says them ("escalated to rita (team lead)").
+ROLES = {"oncall": "on call", "team_lead": "team lead"}
+
+
+def escalation_chain(
+    incident_type: str | None, model: ModelPolicy, policy: Policy, oncall: str | None
+) -> list[dict[str, Any]]:
+    """The policy's chain with its roles resolved to names: on call, the team lead of the
+    model's team, then the steps the policy names as they are; the compliance officer or
+    the security team right after the first step for their incident types."""
+    r = policy.routing
+    names = {"oncall": oncall, "team_lead": r.team_leads.get(model.team)}
+    chain = [
+        {
+            "after_minutes": s.after_minutes,
+            "who": names.get(s.who) or s.who,
+            "role": ROLES.get(s.who, s.who.replace("_", " ")),
+        }
+        for s in r.escalation
+    ]
+    if incident_type == "compliance":
+        chain.insert(
+            1, {"after_minutes": 0, "who": r.compliance_officer, "role": "compliance officer"}
+        )
+    if incident_type == "security":
+        chain.insert(1, {"after_minutes": 0, "who": r.security_team, "role": "security team"})
+    return chain
 
 
 @dataclass

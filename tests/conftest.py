@@ -177,6 +177,11 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
         "timeout_seconds": 120,
         "approvers": {s: ["owners", "oncall", "alice"] for s in ("P1", "P2", "P3")},
     }
+    # The served escalation sweep judges this session's store every minute: with no chain,
+    # deadlines or updates it writes nothing on other tests' incidents. Its own tests
+    # (test_escalation.py) run it on their own stores and policies.
+    base["routing"] = {"escalation": [], "deadlines": {}}
+    base["notifications"] = {"update_minutes": 0}
     base["models"] = {
         name: {
             "owners": ["oncall"],

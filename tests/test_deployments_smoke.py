@@ -55,3 +55,13 @@ def test_the_runbook_registry_in_prefect_yaml_matches_the_strategy_table() -> No
                 started_by.setdefault(strategy, set()).add(d.name)
             assert trigger.parameters["request"]["decision"].startswith("{{ event.payload")
     assert started_by == {s: {r} for s, r in RUNBOOK.items() if r}
+
+
+def test_escalation_sweep_runs_every_minute_on_a_schedule() -> None:
+    from datetime import timedelta
+
+    (sweep,) = [d for d in runner_deployments() if d.name == "escalation-sweep"]
+    (schedule,) = sweep.schedules
+    assert schedule.schedule.interval == timedelta(seconds=60) and schedule.active
+    assert sweep.triggers == []
+    assert sweep.parameters == {"request": {"dry_run": False}}

@@ -1,0 +1,395 @@
+"""The escalation clock: the runbook's "Escalation chain" and "Response SLAs" while an
+incident is active.
+
+`due()` is a pure function of one incident, the clock, the notices already sent and the
+policy: it says who must be told what now. The sweep (flows/escalation.py) reads every
+active incident with one indexed query (`watched`), asks `due()`, and claims each notice
+(`claim`) before it sends it, so a concurrent sweep or a retried task sends nothing twice.
+
+What is due, measured from the incident's `opened_at`:
+- escalation level N (`escalation:N`): the chain routed on the incident (on call at once,
+  team lead at 30 min, ...; compliance officer or security team at once for their types)
+  reaches level N while nobody has acknowledged. An acknowledgement stops the chain; it
+  does not stop the deadlines or the updates.
+- deadline missed (`deadline:triage|investigation|resolution`), at the routed deadline:
+  - triage: the incident is still `open` (no triage decision, by the flow or a person,
+    moved it on). Judged by the state when the sweep looks, at most one sweep interval
+    after the deadline: there is no triaged-at time to compare with.
+  - investigation: not mitigated by then (`mitigated_at` empty or later): the runbook's
+    investigation ends with a mitigation in place, or with the incident resolved.
+  - resolution: still active at the deadline.
+- update N (`update:N`): every `notifications.update_minutes` while active, the latest
+  one only (a sweep that was down for an hour posts one update, not two).
+
+An incident that triage never routed (no `route`) still has a clock: the policy's chain
+for its model and type, and the deadlines of its severity (the policy's default severity
+when it has none yet): an incident whose triage failed is the one a person must hear of.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from runbooks.incidents import IncidentStateError, acknowledge, add_timeline
+from runbooks.models import ACTIVE_STATUSES, Incident, IncidentNotice, IncidentStatus
+from runbooks.policy import Policy
+from runbooks.routing import escalation_chain, oncall_now
+
+ACTOR = "escalation"
+DEADLINES = ("triage", "investigation", "resolution")
+
+
+class Clocked(Protocol):
+    """What `due()` reads of an incident: an `Incident`, or a `Watched` row."""
+
+    id: int | None
+    model: str
+    status: str
+    severity: str | None
+    type: str | None
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    mitigated_at: datetime | None
+    route: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One row of the sweep's query: what the clock needs, nothing more (of the route, the
+    chain while unacknowledged, and the deadlines)."""
+
+    id: int
+    model: str
+    status: str
+    severity: str | None
+    type: str | None
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    mitigated_at: datetime | None
+    route: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One message that is due: its once-per-incident key, the timeline line, who to tell."""
+
+    incident_id: int
+    key: str  # "escalation:1", "deadline:triage", "update:3"
+    kind: str  # escalation | deadline_missed | update (tasks.notifications' kinds)
+    line: str
+    people: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _minutes(m: float) -> str:
+    return f"{m:g} min"
+
+
+def chain(incident: Clocked, policy: Policy) -> list[dict[str, Any]]:
+    """The routed chain, else the policy's for the incident's model and type."""
+    routed = (incident.route or {}).get("escalation")
+    if routed is not None:
+        return routed
+    # Resolved with the on-call of the incident's opening week, as triage would have.
+    oncall = oncall_now(policy, incident.opened_at)
+    return escalation_chain(incident.type, policy.for_model(incident.model), policy, oncall)
+
+
+def deadlines(incident: Clocked, policy: Policy) -> dict[str, datetime]:
+    """The routed deadlines, else those of the incident's severity from its opening."""
+    routed = (incident.route or {}).get("deadlines")
+    if routed:
+        return {step: datetime.fromisoformat(routed[step]) for step in DEADLINES if step in routed}
+    sla = policy.routing.deadlines.get(incident.severity or policy.default_severity)  # type: ignore[call-overload]
+    if sla is None:
+        return {}
+    return {step: incident.opened_at + timedelta(minutes=getattr(sla, step)) for step in DEADLINES}
+
+
+def _missed(step: str, incident: Clocked, at: datetime) -> str | None:
+    """Why the deadline `step` at `at` was missed, or None if it was met."""
+    if step == "triage":
+        return "still open" if incident.status == IncidentStatus.OPEN else None
+    if step == "investigation":
+        if incident.mitigated_at is not None and incident.mitigated_at <= at:
+            return None
+        return f"not mitigated by {at:%H:%M:%SZ}"
+    return f"not resolved by {at:%H:%M:%SZ}"
+
+
+def due(incident: Clocked, now: datetime, sent_keys: Iterable[str], policy: Policy) -> list[Notice]:
+    """Every notice the incident is owed at `now` and was not sent yet (see the module)."""
+    if incident.status not in ACTIVE_STATUSES or incident.id is None:
+        return []
+    sent = sent_keys if isinstance(sent_keys, set | frozenset) else set(sent_keys)
+    open_minutes = (now - incident.opened_at).total_seconds() / 60
+    notices: list[Notice] = []
+    if incident.acknowledged_at is None:
+        notices += _escalations(incident, open_minutes, sent, policy)
+    if not sent.issuperset(_DEADLINE_KEYS):
+        notices += _missed_deadlines(incident, now, sent, policy)
+    every = policy.notifications.update_minutes
+    n = int(open_minutes // every) if every > 0 else 0
+    if n >= 1 and f"update:{n}" not in sent:
+        notices.append(
+            Notice(
+                incident.id,
+                f"update:{n}",
+                "update",
+                f"update {n}: {incident.status}, {_minutes(round(open_minutes))} since it opened",
+                (),
+                {"n": n, "status": incident.status, "minutes_open": open_minutes},
+            )
+        )
+    return notices
+
+
+_DEADLINE_KEYS = frozenset(f"deadline:{step}" for step in DEADLINES)
+
+
+def _escalations(
+    incident: Clocked, open_minutes: float, sent: AbstractSet[str], policy: Policy
+) -> list[Notice]:
+    """The levels whose time came, not yet told (several at once after a sweep outage:
+    each of them is overdue)."""
+    out = []
+    for level, step in enumerate(chain(incident, policy)):
+        after = float(step["after_minutes"])
+        key = f"escalation:{level}"
+        if open_minutes < after or key in sent:
+            continue
+        who, role = step["who"], step.get("role") or ""
+        named = f"{who} ({role})" if role and role != who else who
+        when = f"after {_minutes(after)} unacknowledged" if after else "at once, unacknowledged"
+        out.append(
+            Notice(
+                incident.id,  # type: ignore[arg-type]
+                key,
+                "escalation",
+                f"escalated to {named} {when}",
+                (who,),
+                # "level" and "minutes" are what runbooks/messages.py shows.
+                {
+                    "level": role or who,
+                    "index": level,
+                    "who": who,
+                    "role": role,
+                    "after_minutes": after,
+                    "minutes": round(open_minutes, 1),
+                },
+            )
+        )
+    return out
+
+
+def _missed_deadlines(
+    incident: Clocked, now: datetime, sent: AbstractSet[str], policy: Policy
+) -> list[Notice]:
+    out = []
+    for step, at in deadlines(incident, policy).items():
+        key = f"deadline:{step}"
+        if now < at or key in sent:
+            continue
+        why = _missed(step, incident, at)
+        if why is None:
+            continue
+        minutes = (at - incident.opened_at).total_seconds() / 60
+        out.append(
+            Notice(
+                incident.id,  # type: ignore[arg-type]
+                key,
+                "deadline_missed",
+                f"missed the {step} deadline ({_minutes(round(minutes, 2))}): {why}",
+                (),
+                {"deadline": step, "due_at": at.isoformat(), "minutes": minutes, "why": why},
+            )
+        )
+    return out
+
+
+# The store: the sweep's query and the claim ---------------------------------------------
+
+_SENT_SEPARATOR = ","
+
+
+def watched_query() -> sa.Select:
+    """Every active incident with the keys of the notices it was sent, in one query.
+
+    The status filter can walk ix_incident_status_acknowledged (the table keeps every
+    resolved incident ever); the sent keys come from a correlated subquery on
+    uq_incident_notice's index, one short index range per incident. Only what the clock
+    reads is loaded: of the route its chain (for incidents nobody acknowledged) and its
+    deadlines, as JSON text. Decoding whole routes was most of the check's time (10,000
+    routes of ~660 bytes: 130-180 ms with json; the parts, with orjson, a fraction).
+    """
+    sent = (
+        select(
+            sa.func.aggregate_strings(IncidentNotice.key, sa.literal_column(f"'{_SENT_SEPARATOR}'"))
+        )
+        .where(IncidentNotice.incident_id == Incident.id)
+        .correlate(Incident)
+        .scalar_subquery()
+    )
+    route = Incident.__table__.c.route
+    chain = sa.case(
+        (col(Incident.acknowledged_at).is_(None), route["escalation"].as_string()),
+        else_=sa.null(),
+    )
+    return select(
+        Incident.id,
+        Incident.model,
+        Incident.status,
+        Incident.severity,
+        Incident.type,
+        Incident.opened_at,
+        Incident.acknowledged_at,
+        Incident.mitigated_at,
+        chain,
+        route["deadlines"].as_string(),
+        sent,
+    ).where(col(Incident.status).in_([s.value for s in ACTIVE_STATUSES]))
+
+
+def _route(chain: str | None, deadlines: str | None) -> dict[str, Any] | None:
+    parts = {}
+    if chain is not None:
+        parts["escalation"] = orjson.loads(chain)
+    if deadlines is not None:
+        parts["deadlines"] = orjson.loads(deadlines)
+    return parts or None
+
+
+def watched(session: Session) -> list[tuple[Watched, frozenset[str]]]:
+    """The sweep's query run: each active incident and the keys it was already sent."""
+    with _collector_paused():
+        return [
+            (
+                Watched(*row[:8], _route(row[8], row[9])),
+                frozenset(row[10].split(_SENT_SEPARATOR)) if row[10] else frozenset(),
+            )
+            for row in session.connection().execute(watched_query())
+        ]
+
+
+def due_now(session: Session, now: datetime, policy: Policy) -> list[Notice]:
+    """The sweep's check: the query and `due()` for each incident; nothing is sent."""
+    rows = watched(session)
+    with _collector_paused():
+        return [n for incident, sent in rows for n in due(incident, now, sent, policy)]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while the check builds its rows.
+
+    The check makes about ten objects per incident and keeps them all, so the collector's
+    full passes walk the whole process again and again (a flow run's process holds
+    Prefect's imports: a few hundred thousand objects) and free nothing, as none of these
+    objects is in a reference cycle. Measured over 10,000 incidents: 100-250 ms of a
+    300 ms check were those passes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def claim(session: Session, notice: Notice, now: datetime) -> bool:
+    """Record the notice before it is sent: its row (unique per incident and key) and its
+    timeline line. False, and nothing written, when another sweep claimed it first, the
+    incident is no longer active, or (for an escalation) somebody acknowledged since the
+    check. The incident's row is locked while this decides, so an acknowledgement landing
+    now either comes first (no escalation) or waits for this one."""
+    incident = session.get(Incident, notice.incident_id, with_for_update=True)
+    if incident is None or incident.status not in ACTIVE_STATUSES:
+        return False
+    if notice.kind == "escalation" and incident.acknowledged_at is not None:
+        return False
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(IncidentNotice.__table__)
+        .values(incident_id=notice.incident_id, key=notice.key, at=now)
+        .on_conflict_do_nothing(index_elements=["incident_id", "key"])
+        .returning(IncidentNotice.__table__.c.id)
+    )
+    # A row back: this call inserted it. None: the key was there (psycopg's rowcount says -1
+    # for both).
+    if session.connection().execute(stmt).first() is None:
+        return False
+    add_timeline(
+        session,
+        notice.incident_id,
+        ACTOR,
+        notice.kind,
+        notice.line,
+        {"key": notice.key, **notice.data},
+        at=now,
+    )
+    return True
+
+
+# Acknowledgement: the CLI, the API and Slack's button say it the same way ----------------
+
+
+class NoSuchIncident(LookupError):
+    """The incident id is not in the store; the message says where to look."""
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    incident_id: int
+    by: str  # who acknowledged first
+    at: datetime
+    first: bool  # this call stopped the clock; False: somebody had already
+
+    @property
+    def line(self) -> str:
+        when = f"{self.at:%Y-%m-%d %H:%M:%SZ}"
+        if self.first:
+            return (
+                f"incident {self.incident_id} acknowledged by {self.by} at {when}; the "
+                "escalation chain stops"
+            )
+        return (
+            f"incident {self.incident_id} was already acknowledged by {self.by} at {when}; "
+            "nothing changed"
+        )
+
+
+def acknowledge_incident(session: Session, incident_id: int, by: str, via: str) -> Acknowledgement:
+    """`runbooks.incidents.acknowledge` by id, for a person at a CLI, an API or a button:
+    an unknown id raises NoSuchIncident, an incident that is no longer active raises
+    IncidentStateError (both say what to do), a second acknowledgement says whose was
+    first. The row is locked so that a sweep claiming an escalation waits for it."""
+    incident = session.get(Incident, incident_id, with_for_update=True)
+    if incident is None:
+        raise NoSuchIncident(f"no incident {incident_id}; `runbooks incidents` lists them")
+    if incident.status not in ACTIVE_STATUSES:
+        before = (
+            f" (acknowledged by {incident.acknowledged_by})" if incident.acknowledged_by else ""
+        )
+        raise IncidentStateError(
+            f"incident {incident_id} is {incident.status}{before}; only an active incident "
+            "can be acknowledged"
+        )
+    first = acknowledge(session, incident, by, via)
+    return Acknowledgement(
+        incident_id,
+        incident.acknowledged_by or by,
+        incident.acknowledged_at,
+        first,  # type: ignore[arg-type]
+    )
