@@ -104,6 +104,34 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    """Say "I have it": the escalation chain stops; PagerDuty and the incident's thread hear."""
+    from runbooks.escalation import NoSuchIncident, acknowledge_incident
+    from runbooks.incidents import IncidentStateError
+    from runbooks.settings import get_settings
+    from runbooks.store import session_scope
+
+    try:
+        with session_scope(get_settings().resolved_database_url()) as s:
+            ack = acknowledge_incident(s, args.incident, args.by, "runbooks ack")
+    except (NoSuchIncident, IncidentStateError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    told = ""
+    if ack.first:
+        from tasks.notifications import notify
+
+        sent = notify.fn(args.incident, "acknowledged", data={"by": ack.by, "via": "runbooks ack"})
+        channels = [d.channel for d in sent if d.status == "sent"]
+        told = (
+            f"; told {', '.join(channels)}"
+            if channels
+            else "; no channel took it (see its timeline)"
+        )
+    print(ack.line + told)
+    return 0
+
+
 def cmd_automation(args: argparse.Namespace) -> int:
     """The kill switch: while paused, no runbook acts on the model (or on any model)."""
     from runbooks import remediation
@@ -297,6 +325,11 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--by", default=os.environ.get("USER", "cli"))
     a.add_argument("--comment", default="")
     a.set_defaults(func=cmd_approve)
+
+    ack = sub.add_parser("ack", help="acknowledge an incident: its escalation chain stops")
+    ack.add_argument("incident", type=int)
+    ack.add_argument("--by", default=os.environ.get("USER", "cli"), help="who has it")
+    ack.set_defaults(func=cmd_ack)
 
     au = sub.add_parser("automation", help="the kill switch: pause, resume or show automation")
     ausub = au.add_subparsers(dest="action", required=True)

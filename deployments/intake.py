@@ -13,7 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
@@ -29,6 +29,8 @@ from runbooks.alerts import (
     parse_generic,
     parse_report,
 )
+from runbooks.escalation import NoSuchIncident, acknowledge_incident
+from runbooks.incidents import IncidentStateError
 from runbooks.ingest import IngestResult, ingest, open_reported_incident
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
@@ -58,6 +60,14 @@ def store_alerts(
                 raise
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def tell_acknowledged(incident_id: int, by: str) -> None:
+    """PagerDuty's acknowledge and the thread's message; never raises (notify's rule)."""
+    # Imported here, off the event loop: it brings Prefect and slack_sdk.
+    from tasks.notifications import notify
+
+    notify.fn(incident_id, "acknowledged", data={"by": by, "via": "api"})
 
 
 class IntakeError(Exception):
@@ -236,6 +246,39 @@ def create_app(
             if incident is None:
                 raise IntakeError(404, f"no incident {incident_id}; list them at /api/v1/incidents")
             return incident_view(s, incident, timeline=True)
+
+    @app.post("/api/v1/incidents/{incident_id}/ack")
+    async def acknowledge(
+        incident_id: int, request: Request, background: BackgroundTasks
+    ) -> dict[str, Any]:
+        """Somebody has it (as `runbooks ack`): the escalation chain stops. PagerDuty and
+        the incident's thread are told after the answer, so that it comes at once."""
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise IntakeError(422, f'body must be an object like {{"by": "alice"}}, got {body!r}')
+        unknown = sorted(set(body) - {"by"})
+        if unknown:
+            raise IntakeError(422, f'unknown fields {unknown}; this takes only "by"')
+        by = body.get("by")
+        if not isinstance(by, str) or not by.strip():
+            raise IntakeError(422, f'by: say who acknowledges, e.g. {{"by": "alice"}}; got {by!r}')
+
+        def write() -> tuple[Any, dict[str, Any]]:
+            with session_scope(database_url) as s:
+                try:
+                    ack = acknowledge_incident(s, incident_id, by, "api")
+                except NoSuchIncident as err:
+                    raise IntakeError(404, str(err)) from None
+                except IncidentStateError as err:
+                    raise IntakeError(409, str(err)) from None
+                return ack, incident_view(s, s.get(Incident, incident_id), timeline=True)
+
+        ack, view = await run_in_threadpool(write)
+        if ack.first:
+            if deliverer is not None:
+                deliverer.poke()  # ml.incident.acknowledged waits in the outbox
+            background.add_task(tell_acknowledged, incident_id, ack.by)
+        return {**view, "message": ack.line}
 
     @app.get("/api/v1/alerts")
     def list_alerts(
