@@ -23,10 +23,11 @@ from pydantic import BaseModel, Field
 from flows.containment import flow_run_id
 from runbooks.policy import KubernetesTarget, Policy, load_policy
 from runbooks.routing import oncall_now
-from runbooks.triage import decide
+from runbooks.triage import TriageDecision, decide
 from runbooks.views import IncidentView
 from tasks import incident_store as store
 from tasks.enrichment import enrich_incident
+from tasks.notifications import notify
 
 
 class TriageRequest(BaseModel):
@@ -71,6 +72,12 @@ def triage(request: TriageRequest) -> str:
         request.policy_file,
         decision.start,
     )
+    # Beside the enrichment, after the decision is stored: the runbook is already starting,
+    # and the first message names the assignee and the severity just decided.
+    if request.retriage:
+        told = notify.submit(incident.id, "update", data={"message": retriage_news(decision)})
+    else:
+        told = notify.submit(incident.id, "opened", data={"flow_run_id": flow_run_id()})
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)
     if not enrichment.state.is_completed():
         store.add_timeline(
@@ -82,7 +89,15 @@ def triage(request: TriageRequest) -> str:
         )
     context = enrichment.result()
     store.record_enrichment(incident.id, context.to_dict(), context.summary_lines())
+    told.wait()
     return decision.strategy
+
+
+def retriage_news(decision: TriageDecision) -> str:
+    return (
+        f"triaged again: {decision.severity}, strategy {decision.strategy}, "
+        f"assignee {decision.assignee or 'nobody'}"
+    )
 
 
 def enrichment_args(incident: IncidentView, policy: Policy, now: datetime) -> dict[str, Any]:

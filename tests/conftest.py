@@ -28,6 +28,7 @@ from deployments.local import (  # noqa: E402
     start_prefect_server,
     start_runbooks_serve,
 )
+from tests.fake_slack import FakeSlack  # noqa: E402
 
 PREFECT_PORT = free_port()
 INTAKE_PORT = free_port()
@@ -148,7 +149,7 @@ def sandbox():  # type: ignore[no-untyped-def]
     from sandbox.platform import SandboxPlatform
 
     with SandboxPlatform(
-        models=["fraud-v3", "churn", "pricing", "scaled", "ranker"], serve="v1"
+        models=["fraud-v3", "churn", "pricing", "scaled", "ranker", "recsys"], serve="v1"
     ) as platform:
         yield platform
 
@@ -188,7 +189,7 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
             "target": {"kind": "kubernetes", "namespace": "ml-prod", "service": name},
             "recovery": recovery,
         }
-        for name in ("fraud-v3", "churn", "pricing", "ranker")
+        for name in ("fraud-v3", "churn", "pricing", "ranker", "recsys")
     }
     base["models"]["scaled"] = {
         "target": {
@@ -202,14 +203,30 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
     path.write_text(yaml.safe_dump(base))
 
 
+SLACK_TOKEN = "xoxb-session-token-never-shown"
+
+
 @pytest.fixture(scope="session")
-def stack(kube: KubeEmulator, sandbox) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def slack() -> Iterator[FakeSlack]:
+    """The Slack Web API the session's served flows talk to (tests/fake_slack.py)."""
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(kube: KubeEmulator, sandbox, slack: FakeSlack) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     """Prefect server + `runbooks serve` (intake and served deployments with automations)."""
     from runbooks.settings import get_settings
 
     os.environ["RUNBOOKS_KUBE_HOST"] = kube.url
     get_settings.cache_clear()
-    env = {**os.environ, "RUNBOOKS_KUBE_HOST": kube.url}
+    env = {
+        **os.environ,
+        "RUNBOOKS_KUBE_HOST": kube.url,
+        "RUNBOOKS_SLACK_TOKEN": SLACK_TOKEN,
+        "RUNBOOKS_SLACK_BASE_URL": slack.base_url,
+    }
     write_policy(SESSION_HOME / "policy.yaml", kube.url, f"{sandbox.url}/metrics")
     server = start_prefect_server(SESSION_HOME, env, PREFECT_PORT)
     serve = None
@@ -334,4 +351,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # RUNBOOKS_KEEP_TEST_HOME=1 keeps the session's logs and stores to read after a failure.
+    if os.environ.get("RUNBOOKS_KEEP_TEST_HOME"):
+        print(f"\ntest home kept: {SESSION_HOME}")
+        return
     shutil.rmtree(SESSION_HOME, ignore_errors=True)

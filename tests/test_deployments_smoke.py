@@ -65,3 +65,13 @@ def test_escalation_sweep_runs_every_minute_on_a_schedule() -> None:
     assert schedule.schedule.interval == timedelta(seconds=60) and schedule.active
     assert sweep.triggers == []
     assert sweep.parameters == {"request": {"dry_run": False}}
+
+
+def test_announce_starts_on_every_resolution_and_hand_off() -> None:
+    from flows.announce import KIND_OF_EVENT
+
+    (announce,) = [d for d in runner_deployments() if d.name == "announce"]
+    (trigger,) = announce.triggers
+    assert trigger.expect == set(KIND_OF_EVENT)
+    assert trigger.for_each == {"related:incident:prefect.resource.id"}
+    assert trigger.parameters["request"]["event"] == "{{ event.event }}"
