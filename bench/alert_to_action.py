@@ -5,12 +5,17 @@ v2; posts one P1 alert per model, one at a time, and reads when the rollback act
 recorded as started (just before the platform call). Prints p50 and p99, and where the time
 goes (intake -> event delivered -> flow run created -> run started -> action).
 
-    ./run bench alert_to_action [N] [--prefect-postgres] [--tasks] [--compare]
+    ./run bench alert_to_action [N] [--prefect-postgres] [--tasks] [--compare] [--slack]
 
 --compare runs the N alerts twice in the same run: with `runbooks serve`'s defaults (each
 flow run forked from a process with Prefect and the flows imported, runs polled for every
 0.5 s) and with `--no-preload --poll-seconds 1` (a fresh interpreter per run, polled every
 second: Prefect's own way, as before), and prints the ratio.
+
+--slack points the served flows at a fake Slack Web API on a real port in this process
+(tests/fake_slack.py: chat.postMessage answered as Slack does) and also prints alert POST ->
+the incident's first Slack message (triage's "opened", sent beside enrichment once the
+decision is stored) p50 and p99.
 
 --prefect-postgres runs the Prefect server on the local PostgreSQL (a fresh database) instead
 of SQLite: under concurrent writes Prefect-on-SQLite answers some API calls with 503
@@ -42,6 +47,7 @@ from deployments.local import (  # noqa: E402
 )
 from runbooks.store import session_scope  # noqa: E402
 from sandbox.platform import SandboxPlatform  # noqa: E402
+from tests.fake_slack import FakeSlack  # noqa: E402
 
 
 def ts(text: str) -> float:
@@ -102,13 +108,19 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
     )
+    slack = None
+    if "--slack" in sys.argv:
+        slack = FakeSlack().start()
+        env.update(
+            {"RUNBOOKS_SLACK_TOKEN": "xoxb-bench", "RUNBOOKS_SLACK_BASE_URL": slack.base_url}
+        )
     server = start_prefect_server(home, env, pport)
     serve = start_runbooks_serve(home, env, iport, extra_args=serve_args)
     intake, api = f"http://127.0.0.1:{iport}", env["PREFECT_API_URL"]
     rows = []
     try:
         for model in models:
-            t0 = time.time()
+            t0, m0 = time.time(), time.monotonic()
             r = httpx.post(
                 f"{intake}/api/v1/alerts",
                 json={
@@ -132,6 +144,8 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
                 raise RuntimeError(f"no action for {model}: {view.get('timeline')}")
             action_at = ts(view["actions"][0]["started_at"])
             row = {"latency": action_at - t0, **breakdown(db, api, incident_id, t0)}
+            if slack is not None:
+                row["slack"] = first_slack_message(slack, incident_id, m0)
             rows.append({**row, **whole_runbook(view, api, row, t0)})
             time.sleep(0.5)
         if "--tasks" in sys.argv:
@@ -140,6 +154,8 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
         serve.stop()
         server.stop()
         platform.stop()
+        if slack is not None:
+            slack.stop()
         shutil.rmtree(home, ignore_errors=True)
         if pg_db:
             drop_prefect_database(pg_db)
@@ -157,6 +173,12 @@ def report(rows: list[dict], n: int, label: str = "") -> None:
         f"  p50 {pct(lat, 0.5):.2f} s   p99 {pct(lat, 0.99):.2f} s   "
         f"min {min(lat):.2f} s   max {max(lat):.2f} s"
     )
+    slack = [r["slack"] for r in rows if r.get("slack") is not None]
+    if slack:
+        print(
+            f"  alert POST -> first Slack message: p50 {pct(slack, 0.5):.2f} s   "
+            f"p99 {pct(slack, 0.99):.2f} s   max {max(slack):.2f} s ({len(slack)} incidents)"
+        )
     keys = ["event_delivered", "run_created", "run_pending", "run_running"]
     keys += ["runbook_created", "runbook_pending", "runbook_running", "action"]
     keys += ["whole", "work", "recovery_wait", "overhead"]
@@ -200,6 +222,18 @@ def whole_runbook(view: dict, api: str, row: dict, t0: float) -> dict:
     wait = recovered - acted_at
     whole = resolved - t0
     return {"whole": whole, "work": work, "recovery_wait": wait, "overhead": whole - work - wait}
+
+
+def first_slack_message(slack: FakeSlack, incident_id: int, m0: float) -> float:
+    """Seconds from the POST to the first chat.postMessage naming the incident."""
+    deadline = time.monotonic() + 30
+    needle = f"incident {incident_id}:"
+    while time.monotonic() < deadline:
+        for call in slack.posts():
+            if call.at >= m0 and needle in str(call.body.get("text") or ""):
+                return call.at - m0
+        time.sleep(0.05)
+    raise RuntimeError(f"no Slack message about incident {incident_id} in 30 s")
 
 
 def machine() -> str:

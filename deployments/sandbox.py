@@ -47,12 +47,34 @@ F1_THRESHOLD = 0.70
 # ids (ml.model.<name>): no slashes, spaces or quotes.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # Of the caller's PREFECT_* and RUNBOOKS_* settings only these reach the stack: the others
-# would point it at another one (the caller's Prefect server or database, a real Slack).
+# would point it at another one (the caller's Prefect server or database). The channels'
+# settings do pass: set, they are how a harness points the sandbox's messages at its own
+# local Slack, SMTP or PagerDuty servers (or a person at a test workspace); unset, the
+# sandbox tells nobody.
+NOTIFICATION_SETTINGS: tuple[str, ...] = tuple(
+    f"RUNBOOKS_{name}"
+    for name in (
+        "SLACK_TOKEN",
+        "SLACK_BASE_URL",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+        "PAGERDUTY_ROUTING_KEY",
+        "PAGERDUTY_URL",
+        "SMTP_HOST",
+        "SMTP_PORT",
+        "SMTP_FROM",
+        "SMTP_USER",
+        "SMTP_PASSWORD",
+        "SMTP_STARTTLS",
+        "WEBHOOK_SECRET",
+    )
+)
 PASS_THROUGH: tuple[str, ...] = (
     "PREFECT_LOGGING_LEVEL",
     "RUNBOOKS_WORKDIR",
     "RUNBOOKS_KUBE_HOST",
     "RUNBOOKS_KUBE_CONTEXT",
+    *NOTIFICATION_SETTINGS,
 )
 
 

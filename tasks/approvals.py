@@ -21,8 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from uuid import UUID
 
-from prefect import pause_flow_run
+from prefect import get_client, pause_flow_run
 from prefect.exceptions import NotPausedError
 from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
@@ -39,6 +40,8 @@ from tasks.notifications import notify
 
 # The pause outlives the policy's timeout by this much, so the timer always answers first.
 PAUSE_GRACE_SECONDS = 120
+# How long the timer lets a resumed run read an answer given before the timeout.
+ANSWER_GRACE_SECONDS = 60
 TIMEOUT_BY = "timeout"
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,8 @@ class _TimeoutTimer(threading.Thread):
     def run(self) -> None:
         if self._cancelled.wait(self.timeout):
             return
+        if self._answer_on_its_way():
+            return
         comment = f"no answer in {self.timeout:g} s; the policy says {self.outcome}"
         # .fn: this thread is outside the flow's context, and the row is the truth anyway.
         row = store.record_approval_decision.fn(self.approval_id, "timed_out", TIMEOUT_BY, comment)
@@ -182,6 +187,29 @@ class _TimeoutTimer(threading.Thread):
             except Exception as err:  # noqa: BLE001  the pause's own expiry is the fallback
                 log.warning("approval timeout could not resume the run: %s", err)
                 time.sleep(1)
+
+    def _answer_on_its_way(self) -> bool:
+        """True when someone answered in time and the run has not read it yet: the pause was
+        resumed (the run is no longer Paused) and the run decides the row within the grace.
+        On a loaded server the resumed run has taken tens of seconds to leave its pause;
+        timing out then would overrule an answer given in time."""
+        deadline = time.monotonic() + ANSWER_GRACE_SECONDS
+        while not self._cancelled.is_set() and time.monotonic() < deadline:
+            try:
+                if _run_is_paused(self.flow_run_id):
+                    return False
+            except Exception as err:  # noqa: BLE001  unknown: the timeout decides
+                log.warning("approval timeout could not read the run's state: %s", err)
+                return False
+            if self._cancelled.wait(0.5):
+                return True
+        return self._cancelled.is_set()
+
+
+def _run_is_paused(flow_run_id: str) -> bool:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(flow_run_id)).state
+    return state is not None and state.is_paused()
 
 
 class ApprovalAnswerError(RuntimeError):

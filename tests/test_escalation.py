@@ -305,17 +305,19 @@ def webhook(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[R
     from tasks import notifications
 
     receiver = Recorder()
-    # Past the team lead's 1.2 s, the next level and the later deadlines are a minute off:
-    # a few sweeps (a second or so each) see only what a test waits for.
+    # The team lead half a minute in, the next level and the later deadlines a minute or
+    # more: a test moves an incident's opening back rather than waiting, so a slow sweep
+    # (a flow run on a loaded machine) never sees two levels come due at once.
     policy = scaled_policy(
         escalation=[
             {"after_minutes": 0, "who": "oncall"},
-            {"after_minutes": 0.02, "who": "team_lead"},
-            {"after_minutes": 1, "who": "engineering_manager"},
+            {"after_minutes": 0.5, "who": "team_lead"},
+            {"after_minutes": 2, "who": "engineering_manager"},
         ],
         deadlines={"P1": {"triage": 0.05, "investigation": 1, "resolution": 2}},
     )
     policy.routing.channels = {"P1": ["webhook"], "P2": ["webhook"], "P3": []}
+    policy.notifications.update_minutes = 5  # past what any test here moves the clock
     policy.notifications.webhook_url = f"{receiver.url}/hook"
     monkeypatch.setenv("RUNBOOKS_WEBHOOK_SECRET", "escalation-test-key")
     get_settings.cache_clear()
@@ -350,8 +352,9 @@ def test_sweep_escalates_an_unacknowledged_p1_to_the_team_lead_once(
     assert [(n.incident_id, n.key) for n in first.sent()] == [(quiet, "escalation:0")]
     assert told(receiver, quiet) == [("escalation", ["olga"])]
 
-    # The team lead's 0.02 min (1.2 s) pass.
-    time.sleep(max(0.0, (opened + timedelta(seconds=1.3) - utcnow()).total_seconds()))
+    # The team lead's half minute passes: the incident opened 31 s earlier.
+    with session_scope(store_url) as s:
+        s.get(Incident, quiet).opened_at = opened - timedelta(seconds=31)
     second = escalation_sweep(EscalationRequest())
     assert [(n.incident_id, n.key) for n in second.sent()] == [(quiet, "escalation:1")]
     assert told(receiver, quiet)[1:] == [("escalation", ["rita"])]
@@ -374,7 +377,7 @@ def test_sweep_escalates_an_unacknowledged_p1_to_the_team_lead_once(
     assert notices == ["escalation:0", "escalation:1"]
     assert lines == [
         "escalated to olga (on call) at once, unacknowledged",
-        "escalated to rita (team lead) after 0.02 min unacknowledged",
+        "escalated to rita (team lead) after 0.5 min unacknowledged",
     ]
 
 

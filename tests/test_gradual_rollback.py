@@ -118,7 +118,10 @@ def test_metrics_that_improve_take_every_step_and_resolve(model, platform, stack
 def test_metrics_that_worsen_mid_way_abort_and_restore_the_split_before_the_step(
     model, platform
 ) -> None:  # type: ignore[no-untyped-def]
-    name, _ = model
+    name, policy = model
+    # Long enough that the second step's window holds the shifted features however late
+    # (a poll, a loaded machine) the break lands after the first judgement.
+    policy.models[name].rollout.window_seconds = 4
     incident_id = gradual_incident(name)
 
     def break_v1_after_the_first_step() -> None:

@@ -147,3 +147,23 @@ def test_bad_sandbox_input_exits_2_naming_the_option_and_starts_nothing(
     assert result.stderr.startswith(f"runbooks sandbox: {named}")
     assert result.stdout == ""
     assert set(Path(tempfile.gettempdir()).glob("runbooks-sandbox-*")) == homes
+
+
+def test_the_channels_settings_reach_the_stack_and_another_stacks_do_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deployments.sandbox import cli_env, stack_env
+
+    monkeypatch.setenv("RUNBOOKS_SLACK_TOKEN", "xoxb-harness")
+    monkeypatch.setenv("RUNBOOKS_SLACK_BASE_URL", "http://127.0.0.1:9/api/")
+    monkeypatch.setenv("RUNBOOKS_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("RUNBOOKS_PAGERDUTY_URL", "http://127.0.0.1:9/v2/enqueue")
+    monkeypatch.setenv("RUNBOOKS_DATABASE_URL", "postgresql+psycopg://elsewhere/prod")
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.elsewhere/api")
+    env = stack_env(cli_env(tmp_path, 4200, "http://127.0.0.1:8080", "t"), tmp_path, 4200)
+    assert env["RUNBOOKS_SLACK_TOKEN"] == "xoxb-harness"
+    assert env["RUNBOOKS_SLACK_BASE_URL"] == "http://127.0.0.1:9/api/"
+    assert env["RUNBOOKS_SMTP_HOST"] == "127.0.0.1"
+    assert env["RUNBOOKS_PAGERDUTY_URL"] == "http://127.0.0.1:9/v2/enqueue"
+    assert env["RUNBOOKS_DATABASE_URL"] == f"sqlite:///{tmp_path / 'incidents.db'}"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"

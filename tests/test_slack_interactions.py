@@ -45,13 +45,6 @@ PEOPLE = {
 
 
 @pytest.fixture(scope="module")
-def slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def policy():  # type: ignore[no-untyped-def]
     p = load_policy()
     p.people = dict(PEOPLE)
