@@ -214,11 +214,14 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from tasks.intake_client import IntakeRefused
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
 
     intake = _intake(args.url)
     try:
         data = intake.get_incident(args.id) if args.id else intake.list_incidents()
+    except IntakeUnreachable as err:
+        print(err, file=sys.stderr)
+        return 1
     except IntakeRefused as err:
         print(err.error, file=sys.stderr)
         return 1

@@ -5,7 +5,6 @@ sweep flow against a real Prefect server, telling a webhook receiver on a real p
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta

@@ -110,6 +110,16 @@ def test_silence_command_names_an_intake_that_does_not_answer(
     assert out.rstrip().endswith("set --url or RUNBOOKS_INTAKE_URL")
 
 
+def test_incidents_command_names_an_intake_that_does_not_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert cli(["incidents", "--url", dead]) == 1
+    err = capsys.readouterr().err
+    assert f"intake at {dead}/api/v1/incidents did not answer" in err
+    assert "Traceback" not in err and "--url or RUNBOOKS_INTAKE_URL" in err
+
+
 def test_the_client_imports_no_prefect() -> None:
     code = "import sys, tasks.intake_client; print('prefect' in sys.modules)"
     out = subprocess.run(
