@@ -65,7 +65,8 @@ def test_first_message_then_resolution_in_its_thread(
     assert any(m.startswith("opened sent to #ml-incidents") for m in told), told
     assert any(m.startswith("resolved sent to #ml-incidents") for m in told), told
     # The token went to Slack in the Authorization header and nowhere else.
-    assert {c.token for c in slack.posts()} == {SLACK_TOKEN}
+    # (Other modules' in-process tests post to this fake with tokens of their own.)
+    assert {c.token for c in [first, *later]} == {SLACK_TOKEN}
     for log in ("serve.log", "prefect.log"):
         assert SLACK_TOKEN not in (stack["home"] / log).read_text()
     assert SLACK_TOKEN not in str(view)
