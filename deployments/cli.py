@@ -47,6 +47,7 @@ def build_intake(host: str, port: int):  # type: ignore[no-untyped-def]
         max_body_bytes=settings.intake_max_body_bytes,
         writers=settings.intake_writers,
         deliverer=deliverer,
+        slack_socket_mode=settings.slack_socket_mode or bool(settings.slack_app_token),
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     return uvicorn.Server(config)

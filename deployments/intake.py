@@ -123,15 +123,26 @@ def create_app(
     max_body_bytes: int = 1_048_576,
     writers: int = 2,
     deliverer: OutboxDeliverer | None = None,
+    slack_socket_mode: bool = False,
 ) -> FastAPI:
-    """The intake app. `deliverer` is poked after each commit so events leave at once."""
+    """The intake app. `deliverer` is poked after each commit so events leave at once.
+    With `slack_socket_mode` it also takes Slack's button presses over a websocket."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         await run_in_threadpool(migrate, database_url)
         if deliverer is not None:
             deliverer.start()
+        socket = None
+        if slack_socket_mode:
+            from deployments import slack_interactions
+
+            poke = deliverer.poke if deliverer is not None else (lambda: None)
+            socket = slack_interactions.over_socket_mode(policy, database_url, poke).start()
+            _app.state.slack_socket = socket
         yield
+        if socket is not None:
+            await run_in_threadpool(socket.stop)
         if deliverer is not None:
             await run_in_threadpool(deliverer.stop)
 
@@ -400,9 +411,16 @@ def create_app(
         )
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    def healthz(request: Request) -> dict[str, str]:
         with session_scope(database_url) as s:
             s.exec(select(1)).one()
-        return {"status": "ok"}
+        health = {"status": "ok"}
+        socket = getattr(request.app.state, "slack_socket", None)
+        if socket is not None:
+            # Not a reason to be unhealthy: the HTTP endpoints work without Slack.
+            health["slack_socket_mode"] = (
+                "connected" if socket.connected() else socket.error or "connecting"
+            )
+        return health
 
     return app

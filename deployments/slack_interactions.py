@@ -1,7 +1,8 @@
 """Slack's buttons: Approve, Reject and Acknowledge, pressed on a message the runbooks sent.
 
 They arrive signed over HTTP (POST /api/v1/slack/interactions; `handle_http` checks the
-signature over the raw body before anything reads it) or over Socket Mode (`act` directly).
+signature over the raw body before anything reads it) or over Socket Mode
+(`over_socket_mode`: a websocket the intake opens, for an intake with no public URL).
 The Slack user must be one of the policy's people; an approval goes through the same
 allow-list and resume as `runbooks approve`; an acknowledgement is
 `runbooks.incidents.acknowledge`. Slack wants an answer within 3 s, so the slow part (the
@@ -74,6 +75,20 @@ def handle_http(raw: bytes, headers: Mapping[str, str], policy: Policy, database
         return Reply(400, error="expected the form field payload=<JSON> that Slack sends")
     signature = {k.lower(): v for k, v in headers.items()}.get("x-slack-signature", "")
     return act(payload, policy, database_url, once=signature)
+
+
+def over_socket_mode(
+    policy: Policy, database_url: str, poke: Callable[[], None] = lambda: None
+) -> notifications.SlackSocket:
+    """The same presses over Socket Mode: Slack has authenticated the connection, so there
+    is no signature; the envelope id makes a redelivered press do nothing twice."""
+
+    def on_interaction(payload: dict[str, Any], envelope_id: str) -> None:
+        reply = act(payload, policy, database_url, once=f"socket:{envelope_id}")
+        poke()
+        reply.after()
+
+    return notifications.SlackSocket(on_interaction)
 
 
 def act(payload: dict[str, Any], policy: Policy, database_url: str, once: str) -> Reply:

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         "", description="Verifies Slack interaction requests; empty refuses them all."
     )
     slack_app_token: str = Field("", description="xapp- token for Slack Socket Mode.")
+    slack_socket_mode: bool = Field(
+        False,
+        description="Take Slack's button presses over Socket Mode (no public URL needed); "
+        "on by itself when RUNBOOKS_SLACK_APP_TOKEN is set.",
+    )
     pagerduty_routing_key: str = Field("", description="PagerDuty Events v2 integration key.")
     pagerduty_url: str = Field(
         "https://events.pagerduty.com/v2/enqueue", description="PagerDuty's events endpoint."

@@ -34,6 +34,9 @@ from prefect.cache_policies import NONE as NO_CACHE
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -76,6 +79,7 @@ SECRET_BLOCKS = {
     "pagerduty_routing_key": "ml-runbooks-pagerduty-routing-key",
     "smtp_password": "ml-runbooks-smtp-password",
     "webhook_secret": "ml-runbooks-webhook-secret",
+    "slack_app_token": "ml-runbooks-slack-app-token",
 }
 # Slack errors that say "later", not "never" (https://api.slack.com/methods/chat.postMessage).
 SLACK_TRANSIENT = {"ratelimited", "service_unavailable", "internal_error", "fatal_error"}
@@ -172,7 +176,7 @@ def _secret_block(name: str) -> str:
 def scrub(text: str) -> str:
     """`text` with every secret this module knows replaced by [secret]."""
     s = get_settings()
-    known = [getattr(s, name) for name in SECRET_BLOCKS] + [s.slack_app_token]
+    known = [getattr(s, name) for name in SECRET_BLOCKS]
     with _secret_lock:
         known += [value for _, value in _secret_cache.values()]
     for value in sorted({k for k in known if len(k) >= 4}, key=len, reverse=True):
@@ -286,6 +290,91 @@ def reply_in_slack(response_url: str, text: str) -> None:
         )
     except httpx.HTTPError as err:
         log.warning("cannot answer in Slack: %s", scrub(str(err)))
+
+
+class SlackSocket:
+    """Slack's Socket Mode, for an intake with no public URL: the intake opens a websocket
+    to Slack (apps.connections.open with the xapp- token) and the button presses come down
+    it. Each envelope is acknowledged before anything else (Slack wants it within 3 s and
+    sends it again otherwise), then `on_interaction(payload, envelope_id)` runs on the
+    client's worker threads. Connecting is retried in the background until it works or
+    `stop()`; once connected, slack_sdk reconnects by itself."""
+
+    RETRY_SECONDS = (1.0, 5.0, 30.0)
+
+    def __init__(self, on_interaction: Callable[[dict[str, Any], str], None]) -> None:
+        self.on_interaction = on_interaction
+        self.client: SocketModeClient | None = None
+        self.error = ""
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._connect, name="slack-socket", daemon=True)
+
+    def start(self) -> SlackSocket:
+        self._thread.start()
+        return self
+
+    def connected(self) -> bool:
+        return self.client is not None and self.client.is_connected()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        if self.client is not None:
+            self.client.close()
+
+    def _connect(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            token = secret("slack_app_token")
+            if not token:
+                self.error = (
+                    "Slack Socket Mode is on but has no app token: set "
+                    "RUNBOOKS_SLACK_APP_TOKEN (or the Prefect Secret block "
+                    f"{SECRET_BLOCKS['slack_app_token']}) to the app's xapp- token"
+                )
+            else:
+                client = SocketModeClient(
+                    app_token=token,
+                    # apps.connections.open is authorised by the app token alone.
+                    web_client=WebClient(
+                        base_url=get_settings().slack_base_url, timeout=int(NETWORK_TIMEOUT)
+                    ),
+                    logger=log,
+                )
+                client.socket_mode_request_listeners.append(self._on_request)
+                try:
+                    client.connect()
+                except Exception as err:  # noqa: BLE001  retried below, and said
+                    client.close()
+                    self.error = "Slack Socket Mode cannot connect: " + scrub(_socket_error(err))
+                else:
+                    self.client, self.error = client, ""
+                    log.info("Slack Socket Mode connected")
+                    return
+            log.warning("%s; trying again", self.error)
+            self._stopping.wait(self.RETRY_SECONDS[min(attempt, len(self.RETRY_SECONDS) - 1)])
+            attempt += 1
+
+    def _on_request(self, client: SocketModeClient, req: SocketModeRequest) -> None:
+        client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        if req.type != "interactive":
+            return  # events and slash commands: not ours
+        try:
+            self.on_interaction(req.payload, req.envelope_id)
+        except Exception as err:  # noqa: BLE001  one press must not stop the listener
+            log.error("Slack interaction %s failed: %s", req.envelope_id, scrub(repr(err)))
+
+
+def _socket_error(err: Exception) -> str:
+    if isinstance(err, SlackApiError):
+        code = err.response.get("error", "")
+        hint = {
+            "invalid_auth": "check RUNBOOKS_SLACK_APP_TOKEN (an xapp- app-level token)",
+            "not_allowed_token_type": "RUNBOOKS_SLACK_APP_TOKEN must be the xapp- app-level "
+            "token with connections:write, not the xoxb- bot token",
+        }.get(code, "")
+        return f"apps.connections.open: {code}" + (f" ({hint})" if hint else "")
+    return f"{type(err).__name__}: {err}"
 
 
 # -- what a message needs from the store ----------------------------------------------

@@ -3,6 +3,11 @@ chat.update with `{"ok": true, "channel": "C..", "ts": ".."}`, threads checked (
 ts that is not a message in that channel is `thread_not_found`, an update needs the
 channel's id as Slack's does). It can be told to fail the next calls: HTTP 429 with
 Retry-After, a 5xx, or an `ok: false` error. Also takes Slack's response_url posts.
+
+And Socket Mode as Slack runs it: apps.connections.open (an xapp- token only) gives a ws://
+URL on a real websocket server, which greets each connection with `hello`, sends
+`interactive` envelopes (`press`), again with retry_attempt + 1 (`redeliver`), and keeps
+the envelope ids the client acknowledges.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
 
 
 @dataclass
@@ -77,14 +85,78 @@ class FakeSlack:
         self.base_url = f"http://127.0.0.1:{self.port}/api/"
         self.response_url = f"http://127.0.0.1:{self.port}/response/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.sockets: list[ServerConnection] = []
+        self.acks: list[str] = []
+        self.envelopes: dict[str, dict[str, Any]] = {}
+        self.ws = serve(self._socket, "127.0.0.1", 0, compression=None)
+        self.ws_url = f"ws://127.0.0.1:{self.ws.socket.getsockname()[1]}/link/"
+        self._ws_thread = threading.Thread(target=self.ws.serve_forever, daemon=True)
 
     def start(self) -> FakeSlack:
         self._thread.start()
+        self._ws_thread.start()
         return self
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.ws.shutdown()
+
+    # -- Socket Mode ----------------------------------------------------------------------
+
+    def _socket(self, conn: ServerConnection) -> None:
+        conn.send(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": len(self.sockets) + 1,
+                    "debug_info": {"host": "fake", "approximate_connection_time": 3600},
+                    "connection_info": {"app_id": "A0FAKE"},
+                }
+            )
+        )
+        with self._lock:
+            self.sockets.append(conn)
+        try:
+            for message in conn:
+                envelope_id = json.loads(message).get("envelope_id")
+                if envelope_id:
+                    with self._lock:
+                        self.acks.append(envelope_id)
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                self.sockets.remove(conn)
+
+    def press(self, payload: dict[str, Any]) -> str:
+        """Send a block action down the newest Socket Mode connection; its envelope id."""
+        with self._lock:
+            self._seq += 1
+            envelope_id = f"env-{self._seq:04d}"
+            self.envelopes[envelope_id] = {
+                "envelope_id": envelope_id,
+                "type": "interactive",
+                "payload": payload,
+                "accepts_response_payload": False,
+                "retry_attempt": 0,
+                "retry_reason": "",
+            }
+        self._send(self.envelopes[envelope_id])
+        return envelope_id
+
+    def redeliver(self, envelope_id: str) -> None:
+        """What Slack does with an envelope it thinks was not acknowledged."""
+        envelope = self.envelopes[envelope_id]
+        envelope.update(retry_attempt=envelope["retry_attempt"] + 1, retry_reason="timeout")
+        self._send(envelope)
+
+    def _send(self, envelope: dict[str, Any]) -> None:
+        with self._lock:
+            if not self.sockets:
+                raise RuntimeError("no Socket Mode connection is open")
+            conn = self.sockets[-1]
+        conn.send(json.dumps(envelope))
 
     def fail_next(
         self, n: int = 1, *, status: int = 200, error: str = "", retry_after: int | None = None
@@ -125,6 +197,12 @@ class FakeSlack:
                 return 200, {"ok": False, "error": f.error}, {}
             if not token:
                 return 200, {"ok": False, "error": "not_authed"}, {}
+            if method == "apps.connections.open":
+                if not token.startswith("xapp-"):
+                    return 200, {"ok": False, "error": "not_allowed_token_type"}, {}
+                return 200, {"ok": True, "url": self.ws_url}, {}
+            if token.startswith("xapp-"):
+                return 200, {"ok": False, "error": "not_allowed_token_type"}, {}
             if method == "chat.postMessage":
                 return self._post(body)
             if method == "chat.update":
