@@ -1,9 +1,10 @@
 """Runbook: the escalation sweep (scheduled every minute, see prefect.yaml).
 
-1. Read every active incident with the notices it was already sent (one indexed query) and
-   work out what is due now: the next level of the escalation chain while nobody has
-   acknowledged, a missed deadline, the periodic update. runbooks/escalation.py says when
-   each is due.
+1. Read the active incidents whose clock came due with the notices they were already sent
+   (one indexed query) and work out what is due now: the next level of the escalation
+   chain while nobody has acknowledged, a missed deadline, the periodic update.
+   runbooks/escalation.py says when each is due; each incident owed nothing now gets the
+   time it must be looked at next.
 2. For each due notice: claim it with its timeline line. Its row is unique per incident
    and key, so a sweep running beside this one, or a retried task, sends nothing twice.
 3. Tell the people: the chain's next person, the incident's channels.
@@ -59,7 +60,9 @@ class SweptNotice(BaseModel):
 class EscalationSummary(BaseModel):
     at: datetime
     dry_run: bool
-    watched: int = Field(0, description="Active incidents checked.")
+    watched: int = Field(
+        0, description="Active incidents looked at: those whose clock came due (all, in a dry run)."
+    )
     notices: list[SweptNotice] = Field(default_factory=list)
 
     def record(self, notice: Notice, outcome: str) -> None:
@@ -81,7 +84,7 @@ class EscalationSummary(BaseModel):
 @flow(name="escalation-sweep", log_prints=True)
 def escalation_sweep(request: EscalationRequest) -> EscalationSummary:
     now = utcnow()
-    watched, notices = find_due_notices(now, request.policy_file)
+    watched, notices = find_due_notices(now, request.policy_file, request.dry_run)
     summary = EscalationSummary(at=now, dry_run=request.dry_run, watched=watched)
     for notice in notices:
         if request.dry_run:
@@ -99,12 +102,19 @@ def escalation_sweep(request: EscalationRequest) -> EscalationSummary:
 
 
 @task(**_retry)
-def find_due_notices(now: datetime, policy_file: str | None) -> tuple[int, list[Notice]]:
-    """How many incidents are active, and what they are owed now (nothing is sent)."""
-    policy = load_policy(policy_file) if policy_file else store.policy()
+def find_due_notices(
+    now: datetime, policy_file: str | None, dry_run: bool
+) -> tuple[int, list[Notice]]:
+    """How many incidents the clock looked at, and what they are owed now (nothing is
+    sent). A dry run, or a run judged with another policy file, looks at every active
+    incident and moves no incident's clock."""
+    if dry_run or policy_file:
+        policy = load_policy(policy_file) if policy_file else store.policy()
+        with session_scope(store.db()) as s:
+            rows = escalation.watched(s)
+        return len(rows), [n for i, sent in rows for n in escalation.due(i, now, sent, policy)]
     with session_scope(store.db()) as s:
-        rows = escalation.watched(s)
-    return len(rows), [n for i, sent in rows for n in escalation.due(i, now, sent, policy)]
+        return escalation.check(s, now, store.policy())
 
 
 @task(task_run_name="claim-{notice.incident_id}-{notice.key}", **_retry)

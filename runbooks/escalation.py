@@ -2,9 +2,12 @@
 incident is active.
 
 `due()` is a pure function of one incident, the clock, the notices already sent and the
-policy: it says who must be told what now. The sweep (flows/escalation.py) reads every
-active incident with one indexed query (`watched`), asks `due()`, and claims each notice
-(`claim`) before it sends it, so a concurrent sweep or a retried task sends nothing twice.
+policy: it says who must be told what now; `next_due()` says when it could next owe
+something. The sweep (flows/escalation.py) reads with one indexed query (`watched`) the
+active incidents whose `next_due_at` came (or that changed since, or whose times were
+worked out under another policy), asks `due()`, writes the next time of those owed nothing
+(`check`), and claims each notice (`claim`) before it sends it, so a concurrent sweep or a
+retried task sends nothing twice.
 
 What is due, measured from the incident's `opened_at`:
 - escalation level N (`escalation:N`): the chain routed on the incident (on call at once,
@@ -29,6 +32,7 @@ when it has none yet): an incident whose triage failed is the one a person must 
 from __future__ import annotations
 
 import gc
+import hashlib
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -78,6 +82,7 @@ class Watched:
     acknowledged_at: datetime | None
     mitigated_at: datetime | None
     route: dict[str, Any] | None
+    next_due_at: datetime | None = None  # as read: the clock moves only from this value
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,29 @@ def due(incident: Clocked, now: datetime, sent_keys: Iterable[str], policy: Poli
 _DEADLINE_KEYS = frozenset(f"deadline:{step}" for step in DEADLINES)
 
 
+def next_due(
+    incident: Clocked, now: datetime, sent_keys: AbstractSet[str], policy: Policy
+) -> datetime | None:
+    """The first moment after `now` at which `due()` could owe the incident something new,
+    as long as nothing about it changes; None when nothing more will come due."""
+    if incident.status not in ACTIVE_STATUSES:
+        return None
+    times: list[datetime] = []
+    if incident.acknowledged_at is None:
+        for level, step in enumerate(chain(incident, policy)):
+            at = incident.opened_at + timedelta(minutes=float(step["after_minutes"]))
+            if at > now and f"escalation:{level}" not in sent_keys:
+                times.append(at)
+    for step, at in deadlines(incident, policy).items():
+        if at > now and f"deadline:{step}" not in sent_keys:
+            times.append(at)
+    every = policy.notifications.update_minutes
+    if every > 0:
+        n = int((now - incident.opened_at).total_seconds() / 60 // every)
+        times.append(incident.opened_at + timedelta(minutes=every * (n + 1)))
+    return min(times, default=None)
+
+
 def _escalations(
     incident: Clocked, open_minutes: float, sent: AbstractSet[str], policy: Policy
 ) -> list[Notice]:
@@ -223,15 +251,17 @@ def _missed_deadlines(
 _SENT_SEPARATOR = ","
 
 
-def watched_query() -> sa.Select:
-    """Every active incident with the keys of the notices it was sent, in one query.
+def watched_query(now: datetime | None = None, clock_policy: str | None = None) -> sa.Select:
+    """The active incidents whose clock came due (`next_due_at <= now`, or worked out under
+    another policy than `clock_policy`), each with the keys of the notices it was sent, in
+    one query. Without `now`, every active incident.
 
-    The status filter can walk ix_incident_status_acknowledged (the table keeps every
-    resolved incident ever); the sent keys come from a correlated subquery on
-    uq_incident_notice's index, one short index range per incident. Only what the clock
+    The status filter walks ix_incident_status_acknowledged (the table keeps every resolved
+    incident ever) and the clock columns cut the 10,000 active rows to the few whose time
+    came before anything wide is read; the sent keys come from a correlated subquery on
+    uq_incident_notice's index, one short index range per row left. Only what the clock
     reads is loaded: of the route its chain (for incidents nobody acknowledged) and its
-    deadlines, as JSON text. Decoding whole routes was most of the check's time (10,000
-    routes of ~660 bytes: 130-180 ms with json; the parts, with orjson, a fraction).
+    deadlines, as JSON text (decoding whole routes was most of the check's time).
     """
     sent = (
         select(
@@ -246,7 +276,7 @@ def watched_query() -> sa.Select:
         (col(Incident.acknowledged_at).is_(None), route["escalation"].as_string()),
         else_=sa.null(),
     )
-    return select(
+    q = select(
         Incident.id,
         Incident.model,
         Incident.status,
@@ -257,8 +287,17 @@ def watched_query() -> sa.Select:
         Incident.mitigated_at,
         chain,
         route["deadlines"].as_string(),
+        Incident.next_due_at,
         sent,
     ).where(col(Incident.status).in_([s.value for s in ACTIVE_STATUSES]))
+    if now is not None:
+        q = q.where(
+            sa.or_(
+                col(Incident.next_due_at) <= now,
+                col(Incident.clock_policy).is_distinct_from(clock_policy),
+            )
+        )
+    return q
 
 
 def _route(chain: str | None, deadlines: str | None) -> dict[str, Any] | None:
@@ -270,20 +309,71 @@ def _route(chain: str | None, deadlines: str | None) -> dict[str, Any] | None:
     return parts or None
 
 
-def watched(session: Session) -> list[tuple[Watched, frozenset[str]]]:
-    """The sweep's query run: each active incident and the keys it was already sent."""
+def watched(
+    session: Session, now: datetime | None = None, clock_policy: str | None = None
+) -> list[tuple[Watched, frozenset[str]]]:
+    """The sweep's query run (`watched_query`): each incident and the keys it was sent."""
     with _collector_paused():
         return [
             (
-                Watched(*row[:8], _route(row[8], row[9])),
-                frozenset(row[10].split(_SENT_SEPARATOR)) if row[10] else frozenset(),
+                Watched(*row[:8], _route(row[8], row[9]), row[10]),
+                frozenset(row[11].split(_SENT_SEPARATOR)) if row[11] else frozenset(),
             )
-            for row in session.connection().execute(watched_query())
+            for row in session.connection().execute(watched_query(now, clock_policy))
         ]
 
 
+def clock_policy(policy: Policy) -> str:
+    """A digest of the policy, kept with each incident's next_due_at: under another policy
+    (a new chain, other deadlines) the times are worked out again."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+def check(session: Session, now: datetime, policy: Policy) -> tuple[int, list[Notice]]:
+    """The sweep's check: the incidents whose clock came due, and what they are owed now.
+
+    An incident owed nothing now gets its next time (`next_due`) written, unless it changed
+    since it was read (its next_due_at is no longer the value read); one owed something
+    keeps its time, so the next sweep looks again once the notices are claimed (a sweep
+    that dies between this check and the claims loses nothing). Nothing is sent."""
+    digest = clock_policy(policy)
+    rows = watched(session, now, digest)
+    notices: list[Notice] = []
+    moves: list[dict[str, Any]] = []
+    with _collector_paused():
+        for incident, sent in rows:
+            owed = due(incident, now, sent, policy)
+            if owed:
+                notices += owed
+                continue
+            moves.append(
+                {
+                    "b_id": incident.id,
+                    "b_seen": incident.next_due_at,
+                    "b_next": next_due(incident, now, sent, policy),
+                    "b_digest": digest,
+                }
+            )
+    if moves:
+        table = Incident.__table__
+        due_type = table.c.next_due_at.type
+        session.connection().execute(
+            sa.update(table)
+            .where(
+                table.c.id == sa.bindparam("b_id"),
+                table.c.next_due_at.is_not_distinct_from(sa.bindparam("b_seen", type_=due_type)),
+            )
+            .values(
+                next_due_at=sa.bindparam("b_next", type_=due_type),
+                clock_policy=sa.bindparam("b_digest"),
+            ),
+            moves,
+        )
+    return len(rows), notices
+
+
 def due_now(session: Session, now: datetime, policy: Policy) -> list[Notice]:
-    """The sweep's check: the query and `due()` for each incident; nothing is sent."""
+    """Every active incident's notices due now, whatever its clock says; nothing written."""
     rows = watched(session)
     with _collector_paused():
         return [n for incident, sent in rows for n in due(incident, now, sent, policy)]

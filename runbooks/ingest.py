@@ -476,7 +476,8 @@ def _escalate(b: _Batch, e: _Escalation) -> None:
     moved = b.session.execute(
         sa_update(Incident)
         .where(col(Incident.id) == e.incident.id, col(Incident.severity) == e.was)
-        .values(severity=e.to, updated_at=b.now)
+        # The escalation clock looks again: other deadlines (runbooks/models.py).
+        .values(severity=e.to, updated_at=b.now, next_due_at=b.now, clock_policy=None)
         .execution_options(synchronize_session=False)
     )
     if moved.rowcount != 1:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlmodel import Field, SQLModel
 
 
@@ -100,6 +101,36 @@ class Incident(SQLModel, table=True):
     # The first human answer: it stops the escalation clock (MTTA runs to here).
     acknowledged_at: datetime | None = _ts(default=None)
     acknowledged_by: str | None = None
+    # When the escalation clock must look at this incident next (runbooks/escalation.py):
+    # the sweep reads only active incidents whose time came, or whose times were not worked
+    # out under the policy it has (`clock_policy`, a digest; NULL: not worked out). Every
+    # change to what the clock reads sets both back (`_clock_moved`), so the next sweep
+    # looks, whatever its clock says.
+    next_due_at: datetime | None = _ts(default_factory=utcnow)
+    clock_policy: str | None = None
+
+
+# What `runbooks.escalation.due()` reads of an incident.
+CLOCK_FIELDS = (
+    "model",
+    "status",
+    "severity",
+    "type",
+    "opened_at",
+    "acknowledged_at",
+    "mitigated_at",
+    "route",
+)
+
+
+@sa.event.listens_for(sa.orm.Session, "before_flush")
+def _clock_moved(session: sa.orm.Session, _context: Any, _instances: Any) -> None:
+    for obj in session.dirty:
+        if not isinstance(obj, Incident):
+            continue
+        state = sa.inspect(obj)
+        if any(state.attrs[name].history.has_changes() for name in CLOCK_FIELDS):
+            obj.next_due_at, obj.clock_policy = utcnow(), None
 
 
 class Alert(SQLModel, table=True):

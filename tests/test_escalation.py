@@ -293,6 +293,99 @@ def test_acknowledge_incident_first_counts_then_says_who_and_when(db_url: str) -
         escalation.acknowledge_incident(s, i, "rita", "cli")
 
 
+# -- the clock: the check reads only the incidents whose time came ------------------------
+
+
+def owed_until(i: Incident, t: datetime, policy: Policy = POLICY) -> set[str]:
+    """Every key due() hands out up to `t`, as sweeps every 0.001 min would have sent."""
+    sent: set[str] = set()
+    step = timedelta(minutes=0.001)
+    moment = i.opened_at
+    while moment <= t:
+        sent |= {n.key for n in due(i, moment, sent, policy)}
+        moment += step
+    return sent
+
+
+@pytest.mark.parametrize("acked", [False, True])
+def test_next_due_is_never_later_than_the_next_notice(acked: bool) -> None:
+    i = incident(id=1, acknowledged_at=at(0.01) if acked else None)
+    for t in [at(m) for m in (0.0, 0.005, 0.019, 0.03, 0.06, 0.12, 0.31, 0.7)]:
+        sent = owed_until(i, t)
+        nxt = escalation.next_due(i, t, sent, POLICY)
+        assert nxt is not None and nxt > t
+        # Nothing comes due before it: the sweep may sleep until then.
+        quiet = [t + (nxt - t) * k / 10 for k in range(1, 10)]
+        assert all(due(i, q, sent, POLICY) == [] for q in quiet), t
+    # The next thing: the team lead while unacknowledged, else the triage deadline (a
+    # deadline the state may have met: then nothing is owed then, and the clock moves on).
+    sent = owed_until(i, at(0.005))
+    assert escalation.next_due(i, at(0.005), sent, POLICY) == at(0.05 if acked else 0.02)
+    assert escalation.next_due(incident(id=2, status="resolved"), at(0.1), set(), POLICY) is None
+
+
+def clock(url: str, incident_id: int) -> tuple[datetime | None, str | None]:
+    with session_scope(url) as s:
+        row = s.get(Incident, incident_id)
+        return row.next_due_at, row.clock_policy
+
+
+def test_the_check_reads_an_incident_when_its_time_comes_or_it_changes(db_url: str) -> None:
+    a, b = add(db_url, incident(next_due_at=T0), incident(next_due_at=T0))
+    with session_scope(db_url) as s:
+        read, owed = escalation.check(s, at(0.01), POLICY)
+    assert read == 2 and {(n.incident_id, n.key) for n in owed} == {
+        (a, "escalation:0"),
+        (b, "escalation:0"),
+    }
+    assert clock(db_url, a) == (T0, None)  # owed something: the time stays until it is sent
+    with session_scope(db_url) as s:
+        for n in owed:
+            escalation.claim(s, n, at(0.01))
+    with session_scope(db_url) as s:
+        assert escalation.check(s, at(0.011), POLICY) == (2, [])
+    assert clock(db_url, a) == (at(0.02), escalation.clock_policy(POLICY))  # the team lead
+    with session_scope(db_url) as s:
+        assert escalation.check(s, at(0.015), POLICY) == (0, [])  # nobody's time came
+        # Acknowledging changes what the clock reads: b is looked at again.
+        escalation.acknowledge_incident(s, b, "olga", "test")
+    assert clock(db_url, b)[1] is None
+    with session_scope(db_url) as s:
+        read, owed = escalation.check(s, at(0.021), POLICY)
+    assert read == 2 and [(n.incident_id, n.key) for n in owed] == [(a, "escalation:1")]
+    # Acknowledged, b's next time is its triage deadline, the chain no longer counts.
+    assert clock(db_url, b)[0] == at(0.05)
+    # Under another policy every active incident's times are worked out again.
+    other = POLICY.model_copy(deep=True)
+    other.notifications.update_minutes = 0.04
+    with session_scope(db_url) as s:
+        read, owed = escalation.check(s, at(0.022), other)
+    assert read == 2
+    assert clock(db_url, b) == (at(0.04), escalation.clock_policy(other))  # the first update
+
+
+def test_a_change_while_the_check_runs_is_not_overwritten(db_url: str) -> None:
+    [i] = add(db_url, incident(next_due_at=T0))
+    with session_scope(db_url) as s:
+        for n in escalation.check(s, at(0.01), POLICY)[1]:
+            escalation.claim(s, n, at(0.01))
+    real_watched = escalation.watched
+
+    def read_then_triage(*args: Any) -> Any:
+        rows = real_watched(*args)
+        with session_scope(db_url) as other:  # triage routes it again meanwhile
+            other.get(Incident, i).severity = "P2"
+        return rows
+
+    escalation.watched = read_then_triage  # type: ignore[assignment]
+    try:
+        with session_scope(db_url) as s:
+            escalation.check(s, at(0.011), POLICY)
+    finally:
+        escalation.watched = real_watched  # type: ignore[assignment]
+    assert clock(db_url, i)[1] is None  # still to be looked at by the next check
+
+
 # -- the sweep flow, against the session's Prefect server -----------------------------
 
 
