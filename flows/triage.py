@@ -75,7 +75,14 @@ def triage(request: TriageRequest) -> str:
     # Beside the enrichment, after the decision is stored: the runbook is already starting,
     # and the first message names the assignee and the severity just decided.
     if request.retriage:
-        told = notify.submit(incident.id, "update", data={"message": retriage_news(decision)})
+        # A raised severity can add channels (PagerDuty pages P1 only): they hear of the
+        # incident from its opening message first; every channel then hears why.
+        opened = notify.submit(
+            incident.id, "opened", data={"flow_run_id": flow_run_id()}, only_untold=True
+        )
+        told = notify.submit(
+            incident.id, "update", data={"message": retriage_news(decision)}, wait_for=[opened]
+        )
     else:
         told = notify.submit(incident.id, "opened", data={"flow_run_id": flow_run_id()})
     enrichment.wait(timeout=policy.enrichment.timeout_seconds)

@@ -193,10 +193,14 @@ def send(
     *,
     people: Sequence[str] = (),
     data: Mapping[str, Any] | None = None,
+    only_untold: bool = False,
 ) -> list[Delivery]:
     """Tell the incident's channels (`routing.channels` of its severity) about `kind`.
-    `people` are mentioned in Slack and written to by email. Raises only for an incident
-    that does not exist or a kind that does not; a channel's failure is a Delivery."""
+    `people` are mentioned in Slack and written to by email. With `only_untold`, only the
+    channels that have not yet been sent a message of this kind (a severity raised to P1
+    adds PagerDuty: it gets the opening trigger, the Slack thread does not get a second
+    opening). Raises only for an incident that does not exist or a kind that does not; a
+    channel's failure is a Delivery."""
     if kind not in messages.KINDS:
         raise messages.MessageError(
             f"no message kind {kind!r}; the kinds are {', '.join(messages.KINDS)}"
@@ -212,6 +216,17 @@ def send(
         msg = messages.render(kind, incident, policy, people=people, data=facts, links=links)
         sev = incident.severity or policy.default_severity
         channels = list(policy.routing.channels.get(sev, []))
+        if only_untold:
+            told = set(
+                s.exec(
+                    select(Notification.channel).where(
+                        Notification.incident_id == incident_id,
+                        Notification.kind == kind,
+                        Notification.status == "sent",
+                    )
+                )
+            )
+            channels = [c for c in channels if c not in told]
     job = _Job(incident, kind, msg, people, facts, links, policy)
     deliveries: list[Delivery] = []
     kinds_listed = {_kind_of(c) for c in channels}
@@ -246,10 +261,11 @@ def notify(
     *,
     people: Sequence[str] = (),
     data: Mapping[str, Any] | None = None,
+    only_untold: bool = False,
 ) -> list[Delivery]:
     """`send` as a runbook step that never fails the runbook."""
     try:
-        return send(incident_id, kind, people=people, data=data)
+        return send(incident_id, kind, people=people, data=data, only_untold=only_untold)
     except Exception as err:  # noqa: BLE001  fan-out is the one place a failure goes on
         why = scrub(f"{type(err).__name__}: {err}")
         log.warning("notification %s of incident %s failed: %s", kind, incident_id, why)

@@ -273,6 +273,23 @@ def test_pagerduty_hears_trigger_acknowledge_and_resolve_on_one_dedup_key(env, s
     assert "payload" not in events[2] and "payload" not in events[3]
 
 
+def test_a_severity_raised_to_p1_pages_once_and_opens_no_second_slack_thread(env, servers) -> None:  # type: ignore[no-untyped-def]
+    env.routing.channels["P1"] = ["#ml-incidents", "pagerduty"]
+    incident_id = new_incident(severity="P2")
+    notifications.send(incident_id, "opened")
+    assert servers["pd"].events() == []  # P2 does not page
+    with session_scope(store.db()) as s:
+        s.get(Incident, incident_id).severity = "P1"
+    # What the re-triage sends: the opening to the channels that never had it, twice over
+    # (a retried task) to show it is once.
+    for _ in range(2):
+        notifications.send(incident_id, "opened", only_untold=True)
+    [event] = servers["pd"].events()
+    assert event["event_action"] == "trigger" and event["payload"]["severity"] == "critical"
+    [root] = servers["slack"].posts()
+    assert "thread_ts" not in root.body
+
+
 def test_pagerduty_400_is_not_retried_and_429_and_5xx_are(env, servers) -> None:  # type: ignore[no-untyped-def]
     env.routing.channels["P1"] = ["pagerduty"]
     pd = servers["pd"]
