@@ -577,8 +577,9 @@ class _Scrubbed(logging.Filter):
 _slack_log = logging.getLogger(f"{__name__}.slack_sdk")
 _slack_log.setLevel(logging.INFO)
 _slack_log.addFilter(_Scrubbed())
-_root_locks: dict[tuple[int, str], threading.Lock] = {}
-_root_locks_guard = threading.Lock()
+# How long a message waits for the thread's first message that another process is posting
+# (one post with its retries, then its row); past that it posts in the channel itself.
+ROOT_WAIT_SECONDS = 20.0
 
 
 def _slack(job: _Job, channel: str) -> tuple[Delivery, str | None]:
@@ -600,13 +601,15 @@ def _slack(job: _Job, channel: str) -> tuple[Delivery, str | None]:
         if target is not None:
             return _slack_update(job, client, channel, target)
     root = _thread_root(job.incident.id, channel)
+    if root is None and not _claim_root(job.incident.id, channel):
+        # Another flow run (triage's opening, the sweep's first escalation) is posting it.
+        root = _wait_for_root(job.incident.id, channel)
     if root is not None:
         return _slack_post(job, client, channel, root.address, root.external_id)
-    with _root_lock(job.incident.id, channel):
-        root = _thread_root(job.incident.id, channel)  # another thread may have posted it
-        if root is not None:
-            return _slack_post(job, client, channel, root.address, root.external_id)
-        return _slack_post(job, client, channel, channel, None)
+    delivery, thread = _slack_post(job, client, channel, channel, None)
+    if delivery.status != "sent":
+        _release_root(job.incident.id, channel)  # the next message tries to open it
+    return delivery, thread
 
 
 def _slack_post(
@@ -702,9 +705,47 @@ def _approval_message(job: _Job, channel: str) -> Notification | None:
         return s.exec(q.order_by(col(Notification.id))).first()
 
 
-def _root_lock(incident_id: int, channel: str) -> threading.Lock:
-    with _root_locks_guard:
-        return _root_locks.setdefault((incident_id, channel), threading.Lock())
+def _root_key(channel: str) -> str:
+    return f"slack-thread:{channel}"
+
+
+def _claim_root(incident_id: int, channel: str) -> bool:
+    """Be the one that posts the incident's first message in `channel`: the notice row is
+    unique per incident and key, so across processes one message opens the thread."""
+    try:
+        with session_scope(store.db()) as s:
+            s.add(IncidentNotice(incident_id=incident_id, key=_root_key(channel)))
+        return True
+    except IntegrityError:
+        return False
+
+
+def _release_root(incident_id: int, channel: str) -> None:
+    with session_scope(store.db()) as s:
+        notice = s.exec(
+            select(IncidentNotice).where(
+                IncidentNotice.incident_id == incident_id,
+                IncidentNotice.key == _root_key(channel),
+            )
+        ).first()
+        if notice is not None:
+            s.delete(notice)
+
+
+def _wait_for_root(incident_id: int, channel: str) -> Notification | None:
+    deadline = time.monotonic() + ROOT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        root = _thread_root(incident_id, channel)
+        if root is not None:
+            return root
+        time.sleep(0.2)
+    log.warning(
+        "incident %s: no first Slack message in %s after %.0f s; posting in the channel",
+        incident_id,
+        channel,
+        ROOT_WAIT_SECONDS,
+    )
+    return None
 
 
 # -- email -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -155,6 +156,31 @@ def test_each_incident_has_its_own_thread(env, servers) -> None:  # type: ignore
     assert da.external_id != db.external_id
     assert servers["slack"].posts()[-1].body["thread_ts"] == da.external_id
     assert ua.status == "sent"
+
+
+def test_messages_sent_at_once_from_several_runs_open_one_thread(env, servers) -> None:  # type: ignore[no-untyped-def]
+    incident_id = new_incident()
+    start = threading.Barrier(4)
+
+    def run(kind: str) -> None:  # triage's opening, the sweep's escalation, ...
+        start.wait()
+        notifications.send(incident_id, kind, data={"message": kind})
+
+    threads = [
+        threading.Thread(target=run, args=(k,))
+        for k in ("opened", "escalation", "update", "needs_human")
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    posts = servers["slack"].posts()
+    roots = [p for p in posts if "thread_ts" not in p.body]
+    assert len(posts) == 4 and len(roots) == 1
+    root_ts = next(
+        r.external_id for r in rows(incident_id) if r.thread_id is None and r.status == "sent"
+    )
+    assert {p.body["thread_ts"] for p in posts if p not in roots} == {root_ts}
 
 
 def test_a_slack_429_waits_for_retry_after_and_then_sends(env, servers) -> None:  # type: ignore[no-untyped-def]
