@@ -378,6 +378,58 @@ def test_email_goes_to_the_people_named_and_threads_by_message_id(env, servers) 
     assert message_from_bytes(raw2)["In-Reply-To"] == first.external_id
 
 
+SMTP_PASSWORD = "smtp-pass-SECRET-42"
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_smtp_auth_logs_in_and_a_refused_login_is_not_retried_nor_shown(
+    env, servers, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        assert isinstance(auth_data, LoginPassword)
+        user, password = auth_data.login.decode(), auth_data.password.decode()
+        logins.append((mechanism, user))
+        # handled=False: aiosmtpd answers the refusal (535) itself.
+        return AuthResult(success=(user, password) == ("runbooks", SMTP_PASSWORD), handled=False)
+
+    inbox = Inbox()
+    # AUTH without TLS only here, on 127.0.0.1; production sets RUNBOOKS_SMTP_STARTTLS.
+    smtp = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=authenticator,
+        auth_require_tls=False,
+        auth_required=True,
+    )
+    smtp.start()
+    try:
+        monkeypatch.setenv("RUNBOOKS_SMTP_PORT", str(smtp.port))
+        monkeypatch.setenv("RUNBOOKS_SMTP_USER", "runbooks")
+        monkeypatch.setenv("RUNBOOKS_SMTP_PASSWORD", SMTP_PASSWORD)
+        get_settings.cache_clear()
+        env.routing.channels["P1"] = ["email"]
+        incident_id = new_incident()
+        [ok] = notifications.send(incident_id, "opened")
+        assert ok.status == "sent" and len(inbox.messages) == 1
+        assert logins[-1][1] == "runbooks"
+
+        monkeypatch.setenv("RUNBOOKS_SMTP_PASSWORD", "not-the-password")
+        get_settings.cache_clear()
+        [refused] = notifications.send(incident_id, "update", data={"message": "x"})
+        assert (refused.status, refused.attempts) == ("failed", 1), refused.error
+        assert "check RUNBOOKS_SMTP_USER and RUNBOOKS_SMTP_PASSWORD" in refused.error
+        said = " ".join(timeline(incident_id)) + refused.error
+        assert "not-the-password" not in said and SMTP_PASSWORD not in said
+        assert len(inbox.messages) == 1
+    finally:
+        smtp.stop()
+
+
 # -- configuration and secrets -----------------------------------------------------------
 
 
