@@ -9,7 +9,8 @@ worked out under another policy), asks `due()`, writes the next time of those ow
 (`check`), and claims each notice (`claim`) before it sends it, so a concurrent sweep or a
 retried task sends nothing twice.
 
-What is due, measured from the incident's `opened_at`:
+What is due, measured from the incident's `opened_at` (from `reopened_at` once reopened,
+with the notices keyed per life: a reopened incident is owed all of them again):
 - escalation level N (`escalation:N`): the chain routed on the incident (on call at once,
   team lead at 30 min, ...; compliance officer or security team at once for their types)
   reaches level N while nobody has acknowledged. An acknowledgement stops the chain; it
@@ -66,6 +67,8 @@ class Clocked(Protocol):
     acknowledged_at: datetime | None
     mitigated_at: datetime | None
     route: dict[str, Any] | None
+    reopened_at: datetime | None
+    reopened_count: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,19 @@ class Watched:
     mitigated_at: datetime | None
     route: dict[str, Any] | None
     next_due_at: datetime | None = None  # as read: the clock moves only from this value
+    reopened_at: datetime | None = None
+    reopened_count: int = 0
+
+
+def started(incident: Clocked) -> datetime:
+    """Where the clock runs from: the opening, or the last reopening."""
+    return incident.reopened_at or incident.opened_at
+
+
+def life_key(incident: Clocked, base: str) -> str:
+    """A notice's key in this life of the incident: a reopened incident is owed the chain,
+    the deadlines and the updates again ("escalation:1@1" after the first reopening)."""
+    return f"{base}@{incident.reopened_count}" if incident.reopened_count else base
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,7 @@ def deadlines(incident: Clocked, policy: Policy) -> dict[str, datetime]:
     sla = policy.routing.deadlines.get(incident.severity or policy.default_severity)  # type: ignore[call-overload]
     if sla is None:
         return {}
-    return {step: incident.opened_at + timedelta(minutes=getattr(sla, step)) for step in DEADLINES}
+    return {step: started(incident) + timedelta(minutes=getattr(sla, step)) for step in DEADLINES}
 
 
 def _missed(step: str, incident: Clocked, at: datetime) -> str | None:
@@ -138,19 +154,19 @@ def due(incident: Clocked, now: datetime, sent_keys: Iterable[str], policy: Poli
     if incident.status not in ACTIVE_STATUSES or incident.id is None:
         return []
     sent = sent_keys if isinstance(sent_keys, set | frozenset) else set(sent_keys)
-    open_minutes = (now - incident.opened_at).total_seconds() / 60
+    open_minutes = (now - started(incident)).total_seconds() / 60
     notices: list[Notice] = []
     if incident.acknowledged_at is None:
         notices += _escalations(incident, open_minutes, sent, policy)
-    if not sent.issuperset(_DEADLINE_KEYS):
+    if not sent.issuperset(life_key(incident, k) for k in _DEADLINE_KEYS):
         notices += _missed_deadlines(incident, now, sent, policy)
     every = policy.notifications.update_minutes
     n = int(open_minutes // every) if every > 0 else 0
-    if n >= 1 and f"update:{n}" not in sent:
+    if n >= 1 and life_key(incident, f"update:{n}") not in sent:
         notices.append(
             Notice(
                 incident.id,
-                f"update:{n}",
+                life_key(incident, f"update:{n}"),
                 "update",
                 f"update {n}: {incident.status}, {_minutes(round(open_minutes))} since it opened",
                 (),
@@ -173,16 +189,16 @@ def next_due(
     times: list[datetime] = []
     if incident.acknowledged_at is None:
         for level, step in enumerate(chain(incident, policy)):
-            at = incident.opened_at + timedelta(minutes=float(step["after_minutes"]))
-            if at > now and f"escalation:{level}" not in sent_keys:
+            at = started(incident) + timedelta(minutes=float(step["after_minutes"]))
+            if at > now and life_key(incident, f"escalation:{level}") not in sent_keys:
                 times.append(at)
     for step, at in deadlines(incident, policy).items():
-        if at > now and f"deadline:{step}" not in sent_keys:
+        if at > now and life_key(incident, f"deadline:{step}") not in sent_keys:
             times.append(at)
     every = policy.notifications.update_minutes
     if every > 0:
-        n = int((now - incident.opened_at).total_seconds() / 60 // every)
-        times.append(incident.opened_at + timedelta(minutes=every * (n + 1)))
+        n = int((now - started(incident)).total_seconds() / 60 // every)
+        times.append(started(incident) + timedelta(minutes=every * (n + 1)))
     return min(times, default=None)
 
 
@@ -194,7 +210,7 @@ def _escalations(
     out = []
     for level, step in enumerate(chain(incident, policy)):
         after = float(step["after_minutes"])
-        key = f"escalation:{level}"
+        key = life_key(incident, f"escalation:{level}")
         if open_minutes < after or key in sent:
             continue
         who, role = step["who"], step.get("role") or ""
@@ -226,13 +242,13 @@ def _missed_deadlines(
 ) -> list[Notice]:
     out = []
     for step, at in deadlines(incident, policy).items():
-        key = f"deadline:{step}"
+        key = life_key(incident, f"deadline:{step}")
         if now < at or key in sent:
             continue
         why = _missed(step, incident, at)
         if why is None:
             continue
-        minutes = (at - incident.opened_at).total_seconds() / 60
+        minutes = (at - started(incident)).total_seconds() / 60
         out.append(
             Notice(
                 incident.id,  # type: ignore[arg-type]
@@ -288,6 +304,8 @@ def watched_query(now: datetime | None = None, clock_policy: str | None = None) 
         chain,
         route["deadlines"].as_string(),
         Incident.next_due_at,
+        Incident.reopened_at,
+        Incident.reopened_count,
         sent,
     ).where(col(Incident.status).in_([s.value for s in ACTIVE_STATUSES]))
     if now is not None:
@@ -316,8 +334,8 @@ def watched(
     with _collector_paused():
         return [
             (
-                Watched(*row[:8], _route(row[8], row[9]), row[10]),
-                frozenset(row[11].split(_SENT_SEPARATOR)) if row[11] else frozenset(),
+                Watched(*row[:8], _route(row[8], row[9]), *row[10:13]),
+                frozenset(row[13].split(_SENT_SEPARATOR)) if row[13] else frozenset(),
             )
             for row in session.connection().execute(watched_query(now, clock_policy))
         ]

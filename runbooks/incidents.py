@@ -8,11 +8,11 @@ it causes land together or not at all.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update as sa_update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from runbooks.events import enqueue_event
 from runbooks.models import ACTIVE_STATUSES, Incident, IncidentStatus, TimelineEvent, utcnow
@@ -77,6 +77,89 @@ def transition(session: Session, incident: Incident, to: str, actor: str, why: s
             incident,
             {"severity": incident.severity, "by": actor, "why": why, "from": before},
         )
+    return True
+
+
+def close(session: Session, incident: Incident, by: str, why: str) -> bool:
+    """resolved -> closed: the post-mortem accepted, a person's word, or the policy's days.
+    Closing a closed incident is a no-op (False); an active one cannot be closed."""
+    if incident.status == IncidentStatus.CLOSED:
+        return False
+    if incident.status != IncidentStatus.RESOLVED:
+        raise IncidentStateError(
+            f"incident {incident.id} is {incident.status}; only a resolved incident can be "
+            "closed (resolve it first)"
+        )
+    return transition(session, incident, IncidentStatus.CLOSED, by, why)
+
+
+def close_stale(session: Session, now: datetime, days: float, limit: int = 500) -> list[int]:
+    """Close the incidents resolved more than `days` ago (the policy's close_after_days):
+    nobody accepted their post-mortem, and a resolved incident must not stay open-ended.
+    At most `limit` per call, oldest first; the status index finds them."""
+    cutoff = now - timedelta(days=days)
+    stale = session.exec(
+        select(Incident)
+        .where(Incident.status == IncidentStatus.RESOLVED, col(Incident.resolved_at) < cutoff)
+        .order_by(col(Incident.resolved_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for incident in stale:
+        transition(
+            session,
+            incident,
+            IncidentStatus.CLOSED,
+            "lifecycle",
+            f"resolved over {days:g} days ago and no post-mortem accepted (lifecycle."
+            "close_after_days)",
+        )
+    return [i.id for i in stale]  # type: ignore[misc]
+
+
+def reopen(session: Session, incident: Incident, by: str, why: str) -> bool:
+    """resolved or closed -> open again: it takes its group's alerts again, triage decides
+    afresh (ml.incident.opened, its runbook starts again under the cooldown), nobody has
+    acknowledged this life yet, and the escalation clock runs from now. False when it is
+    active already. IncidentStateError when another incident of its group is active."""
+    if is_active(incident):
+        return False
+    if incident.status not in (IncidentStatus.RESOLVED, IncidentStatus.CLOSED):
+        raise IncidentStateError(f"incident {incident.id} is {incident.status}; cannot reopen")
+    other = session.exec(
+        select(Incident.id).where(Incident.open_group_key == incident.group_key)
+    ).first()
+    if other is not None:
+        raise IncidentStateError(
+            f"incident {incident.id} cannot be reopened: incident {other} of its group "
+            f"({incident.group_key}) is active; work on that one"
+        )
+    now = utcnow()
+    before = incident.status
+    incident.status = IncidentStatus.OPEN
+    incident.open_group_key = incident.group_key
+    incident.resolved_at = incident.closed_at = None
+    incident.needs_human = None
+    incident.acknowledged_at = incident.acknowledged_by = None
+    incident.triage_run = None
+    incident.reopened_at = incident.updated_at = incident.last_alert_at = now
+    incident.reopened_count += 1
+    session.add(incident)
+    add_timeline(
+        session,
+        incident.id,
+        by,
+        "reopened",
+        f"{before} -> open: reopened by {by}: {why}",
+        {"from": before, "count": incident.reopened_count},
+        at=now,
+    )
+    enqueue_event(
+        session,
+        "ml.incident.opened",
+        incident,
+        {"status": "firing", "reopened": True, "by": by, "why": why},
+    )
     return True
 
 

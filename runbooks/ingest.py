@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam as sa_bindparam
@@ -20,6 +20,7 @@ from sqlalchemy import text as sa_text
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
@@ -27,7 +28,7 @@ from runbooks import suppression as sup
 from runbooks.alerts import AlertIn, fingerprint_of
 from runbooks.bulk import insert_rows
 from runbooks.events import enqueue_event
-from runbooks.incidents import IncidentStateError, add_timeline, is_active, transition
+from runbooks.incidents import IncidentStateError, add_timeline, is_active, reopen, transition
 from runbooks.models import (
     Alert,
     Incident,
@@ -65,7 +66,7 @@ def group_key(alert: AlertIn, policy: Policy, c: Classification | None = None) -
 class Ingested:
     alert_id: int
     incident_id: int | None
-    outcome: str  # opened | joined | duplicate | resolved | refired | recorded
+    outcome: str  # opened | reopened | joined | duplicate | resolved | refired | recorded
     suppressed: str | None = None
 
 
@@ -627,7 +628,12 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     row.suppressed_reason = muted.reason if muted else None
     outcome = "joined"
     if opened is None or incident is None:
-        incident, outcome = _create_incident(session, a, key, c)
+        # A muted alert (silenced, maintenance) pages nobody: it opens a quiet incident.
+        incident = _reopen_recent(b, a, key) if muted is None else None
+        if incident is not None:
+            outcome = "reopened"
+        else:
+            incident, outcome = _create_incident(session, a, key, c)
         opened = b.open_incidents[key] = _Open.of(incident)
     # Added once its incident exists: one INSERT, not an INSERT and an UPDATE.
     row.incident_id = incident.id
@@ -638,6 +644,9 @@ def _ingest_one(b: _Batch, a: AlertIn, c: Classification, key: str) -> Ingested:
     session.flush()
     b.known[slot] = _Known(row.id, row.status, row.suppressed_reason, row.incident_id)
     data = {"alert_id": row.id, "labels": a.labels, "annotations": a.annotations}
+    if outcome == "reopened":
+        add_timeline(session, incident.id, "intake", "alert", f"{_name(a)} reopened it", data)
+        return Ingested(row.id, incident.id, "reopened", muted.reason if muted else None)
     if outcome == "opened":
         add_timeline(
             session, incident.id, "intake", "opened", f"opened by {_name(a)}", data, at=b.now
@@ -792,6 +801,38 @@ def _open_incident_for(session: Session, key: str) -> Incident | None:
     return session.exec(select(Incident).where(Incident.open_group_key == key)).first()
 
 
+def _reopen_recent(b: _Batch, a: AlertIn, key: str) -> Incident | None:
+    """The group's last incident, reopened, when it resolved within the policy's reopen
+    window: the same problem back, not a new one. None when there is none to reopen (or a
+    concurrent post opened the group meanwhile: then this one joins it)."""
+    window = b.policy.lifecycle.reopen_window_minutes
+    if window <= 0:
+        return None
+    since = b.now - timedelta(minutes=window)
+    last = b.session.exec(
+        select(Incident)
+        .where(
+            Incident.group_key == key,
+            Incident.status == IncidentStatus.RESOLVED,
+            col(Incident.resolved_at) >= since,
+        )
+        .order_by(col(Incident.resolved_at).desc())
+    ).first()
+    if last is None:
+        return None
+    minutes = (b.now - _aware(last.resolved_at)).total_seconds() / 60  # type: ignore[arg-type]
+    why = (
+        f"{_name(a)} fired {minutes:.1f} min after it resolved, within the reopen window of "
+        f"{window:g} min"
+    )
+    try:
+        with b.session.begin_nested():
+            reopen(b.session, last, "intake", why)
+    except (IntegrityError, IncidentStateError):
+        return None  # the group has an active incident now: _create_incident joins it
+    return last
+
+
 def _create_incident(
     session: Session, a: AlertIn, key: str, c: Classification
 ) -> tuple[Incident, str]:
@@ -805,6 +846,7 @@ def _create_incident(
         source=a.source,
         type=c.type,
         category=c.category,
+        onset_at=_aware(a.starts_at),
     ).model_dump(exclude={"id"}, exclude_none=True)
     session.flush()
     # ON CONFLICT DO NOTHING: when a concurrent post opened this group a moment ago, join
@@ -887,6 +929,7 @@ def open_reported_incident(
         type=incident_type,
         source="manual",
         description=description,
+        onset_at=_aware(a.starts_at),
     )
     session.add(incident)
     session.flush()

@@ -82,7 +82,7 @@ class Incident(SQLModel, table=True):
     open_group_key: str | None = Field(default=None, unique=True)
     source: str = "alert"
     description: str = ""
-    opened_at: datetime = _ts(default_factory=utcnow)
+    opened_at: datetime = _ts(default_factory=utcnow, index=True)
     updated_at: datetime = _ts(default_factory=utcnow)
     mitigated_at: datetime | None = _ts(default=None)
     resolved_at: datetime | None = _ts(default=None)
@@ -108,12 +108,25 @@ class Incident(SQLModel, table=True):
     # looks, whatever its clock says.
     next_due_at: datetime | None = _ts(default_factory=utcnow)
     clock_policy: str | None = None
+    # A resolved incident whose group fires again within the policy's reopen window is
+    # reopened, not duplicated: the escalation clock runs again from reopened_at, and its
+    # notices are keyed per life (`reopened_count`).
+    reopened_at: datetime | None = _ts(default=None)
+    reopened_count: int = 0
+    # When the problem began: the first alert's startsAt (the sweep's first breach). Time
+    # to detect runs from here to opened_at.
+    onset_at: datetime | None = _ts(default=None)
+    # The post-mortem (runbooks/postmortem.py), as computed on resolution; a person
+    # accepting it closes the incident.
+    postmortem: dict[str, Any] | None = _json(default=None)
+    postmortem_accepted_by: str | None = None
 
 
 # What `runbooks.escalation.due()` reads of an incident.
 CLOCK_FIELDS = (
     "model",
     "status",
+    "reopened_at",
     "severity",
     "type",
     "opened_at",
@@ -131,6 +144,20 @@ def _clock_moved(session: sa.orm.Session, _context: Any, _instances: Any) -> Non
         state = sa.inspect(obj)
         if any(state.attrs[name].history.has_changes() for name in CLOCK_FIELDS):
             obj.next_due_at, obj.clock_policy = utcnow(), None
+
+
+class RootCauseLabel(SQLModel, table=True):
+    """A person's word on why an incident happened (the seeds' labelling schema). The
+    latest label of an incident is its root cause; the diagnosis is judged against it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    root_cause: str  # a diagnosis cause (checks/diagnose.py: feature_drift, ...) or free text
+    component: str = ""  # what broke: "feature pipeline", "model v3", "serving"
+    confidence: float = 1.0  # 0..1, the labeller's
+    labeled_by: str
+    comment: str = ""
+    at: datetime = _ts(default_factory=utcnow)
 
 
 class Alert(SQLModel, table=True):

@@ -405,6 +405,86 @@ class Notifications(_Strict):
     )
 
 
+class Lifecycle(_Strict):
+    """After resolution: reopening and closing."""
+
+    reopen_window_minutes: float = Field(
+        60,
+        ge=0,
+        description="A resolved incident whose group fires again within this many minutes "
+        "is reopened instead of a new one opened; 0 never reopens.",
+    )
+    close_after_days: float = Field(
+        7,
+        gt=0,
+        description="A resolved incident closes by itself after this many days when nobody "
+        "accepted its post-mortem.",
+    )
+
+
+class ActionItemTemplate(_Strict):
+    title: str = Field(min_length=1, description="What to do; {model} is filled.")
+    owner: str = Field(
+        "{assignee}", description="Who: a name, or {assignee} / {owner} of the incident."
+    )
+    due_days: float = Field(7, gt=0, description="Due this many days after resolution.")
+
+
+def _default_action_items() -> dict[str, list[ActionItemTemplate]]:
+    t = ActionItemTemplate
+    return {
+        "feature_drift": [
+            t(title="Add a drift check on the drifted features of {model} to the sweep"),
+            t(title="Retrain {model} on recent data or document why not", due_days=14),
+        ],
+        "data_quality": [
+            t(title="Add a Great Expectations expectation for the broken column"),
+            t(title="Alert the feature pipeline's owner on null rates", owner="{owner}"),
+        ],
+        "bad_deployment": [
+            t(title="Add the failing slice to {model}'s pre-release evaluation"),
+            t(title="Gate releases of {model} on a canary step", due_days=14),
+        ],
+        "infrastructure": [
+            t(title="Add capacity or autoscaling for {model}'s serving", owner="{owner}"),
+        ],
+        "default": [
+            t(title="Establish the root cause of this incident and label it", due_days=3),
+            t(title="Add a check that would have caught it earlier"),
+        ],
+    }
+
+
+class PostmortemPolicy(_Strict):
+    action_items: dict[str, list[ActionItemTemplate]] = Field(
+        default_factory=_default_action_items,
+        description="Root cause -> the post-mortem's action items; `default` for a cause "
+        "not listed or not established.",
+    )
+
+
+class Audits(_Strict):
+    """The scheduled reviews (flows/audits.py)."""
+
+    stale_model_days: float = Field(
+        90, gt=0, description="A model with no registration or change in this long is stale."
+    )
+    silence_unused_days: float = Field(
+        30, gt=0, description="A silence that matched no alert in this long is listed."
+    )
+    silence_forever_days: float = Field(
+        365, gt=0, description="A silence ending further out than this never expires, in effect."
+    )
+    fairness_attribute: str = Field(
+        "segment", description="The column of the predictions the fairness audit groups by."
+    )
+    fairness_predictions: str = Field(
+        "",
+        description="Where the month's predictions are (a CSV path, or a directory of "
+        "them); empty skips the fairness audit with a line saying so.",
+    )
+
+
 class Strategy(_Strict):
     revenue_at_risk_bound: float = Field(
         5_000,
@@ -495,6 +575,9 @@ class Policy(_Strict):
         default_factory=Sweep,
         description="Fixed thresholds of the policy-free sweep helper and of diagnose.",
     )
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    postmortem: PostmortemPolicy = Field(default_factory=PostmortemPolicy)
+    audits: Audits = Field(default_factory=Audits)
     defaults: ModelPolicy = Field(default_factory=ModelPolicy)
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
 

@@ -67,7 +67,8 @@ def decide(
     model = policy.for_model(incident.model)
     severity, c, assessment, reasons = classify_incident(incident, policy)
     strategy = choose_strategy(severity, c, model, policy)
-    routed = route(severity, c, model, policy, incident.opened_at, now)
+    # A reopened incident's deadlines run from its reopening: its clock starts again.
+    routed = route(severity, c, model, policy, incident.reopened_at or incident.opened_at, now)
     score = criticality(
         severity,
         c,
@@ -128,9 +129,11 @@ def runbook_start(
         return None, f"runbook {decision.runbook} not started (start_runbook is off)"
     # The decision names the run: the runbook claims it, so a redelivered event or a
     # second firing of the automation does not carry out one decision twice.
+    # A reopened incident is a new life: its decision may start the runbook again.
+    life = f"@{incident.reopened_count}" if incident.reopened_count else ""
     start = {
         "runbook": decision.runbook,
-        "decision": decision.strategy + (":dry-run" if dry_run else ""),
+        "decision": decision.strategy + life + (":dry-run" if dry_run else ""),
         "dry_run": dry_run,
     }
     return start, f"runbook {decision.runbook} starts next"

@@ -70,6 +70,13 @@ class IncidentView(BaseModel):
     needs_human: str | None = None
     acknowledged_at: AwareDatetime | None = None
     acknowledged_by: str | None = None
+    reopened_at: AwareDatetime | None = None
+    reopened_count: int = 0
+    onset_at: AwareDatetime | None = None
+    postmortem_accepted_by: str | None = None
+    postmortem: dict[str, Any] | None = None
+    next_due_at: AwareDatetime | None = None
+    clock_policy: str | None = None
     alerts: list[AlertView] = []
 
     @classmethod

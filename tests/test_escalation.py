@@ -324,6 +324,15 @@ def test_next_due_is_never_later_than_the_next_notice(acked: bool) -> None:
     assert escalation.next_due(incident(id=2, status="resolved"), at(0.1), set(), POLICY) is None
 
 
+def test_a_reopened_incident_is_owed_the_chain_again_from_its_reopening() -> None:
+    first_life = {"escalation:0", "escalation:1", "escalation:2", "escalation:3"}
+    i = incident(id=1, routed=False, reopened_at=at(10), reopened_count=1)
+    assert keys(due(i, at(10), first_life, POLICY)) == ["escalation:0@1"]
+    assert keys(due(i, at(10.019), first_life | {"escalation:0@1"}, POLICY)) == []
+    assert "escalation:1@1" in keys(due(i, at(10.02), first_life | {"escalation:0@1"}, POLICY))
+    assert escalation.next_due(i, at(10.001), {"escalation:0@1"}, POLICY) == at(10.02)
+
+
 def clock(url: str, incident_id: int) -> tuple[datetime | None, str | None]:
     with session_scope(url) as s:
         row = s.get(Incident, incident_id)
@@ -478,10 +487,14 @@ def test_sweep_puts_a_missed_deadline_on_the_timeline_of_an_acknowledged_inciden
 ) -> None:
     from flows.escalation import EscalationRequest, escalation_sweep
 
-    receiver, _ = webhook
+    receiver, policy = webhook
+    # Routed by the fixture's policy: the triage deadline (0.05 min) passed, the
+    # investigation deadline (1 min) is most of a minute away however slowly the two sweeps
+    # run (the module policy's 0.1 min was passed once on CI).
     [i] = add(
         store_url,
         incident(
+            policy,
             status="open",
             opened_at=utcnow() - timedelta(minutes=0.06),
             acknowledged_at=utcnow(),

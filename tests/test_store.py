@@ -94,16 +94,121 @@ def test_other_alertname_of_same_model_opens_its_own_incident(db_url: str) -> No
     assert a.incident_ids != b.incident_ids
 
 
-def test_alert_firing_after_its_incident_resolved_opens_a_new_one(db_url: str) -> None:
+def refire(url: str, policy=POLICY) -> IngestResult:  # type: ignore[no-untyped-def]
+    again = payload("firing-f1-grouped.json")
+    for a in again["alerts"]:
+        a["startsAt"] = "2026-11-22T20:00:00Z"
+    with session_scope(url) as s:
+        return ingest_alerts(s, parse_alertmanager(again), policy)
+
+
+def opened_events(url: str, incident_id: int) -> list[OutboxEvent]:
+    with session_scope(url) as s:
+        rows = s.exec(select(OutboxEvent).where(OutboxEvent.event == "ml.incident.opened")).all()
+        return [e for e in rows if e.payload.get("incident_id") == incident_id]
+
+
+def test_alert_firing_soon_after_its_incident_resolved_reopens_it(db_url: str) -> None:
+    first = ingest(db_url, "firing-f1-grouped.json")
+    [incident_id] = first.incident_ids
+    with session_scope(db_url) as s:
+        incidents.acknowledge(s, s.get(Incident, incident_id), "olga", "test")
+    ingest(db_url, "resolved-f1-grouped.json")
+    second = refire(db_url)
+    assert [i.outcome for i in second.items][0] == "reopened"
+    assert second.incident_ids == [incident_id]
+    with session_scope(db_url) as s:
+        i = s.get(Incident, incident_id)
+        assert (i.status, i.reopened_count, i.open_group_key) == ("open", 1, i.group_key)
+        assert i.acknowledged_at is None and i.resolved_at is None and i.triage_run is None
+        lines = s.exec(
+            select(TimelineEvent).where(
+                TimelineEvent.incident_id == incident_id, TimelineEvent.kind == "reopened"
+            )
+        ).all()
+    [line] = [x.message for x in lines]
+    assert line.startswith("resolved -> open: reopened by intake: alert ")
+    assert "within the reopen window of 60 min" in line
+    # Triage decides again: a second ml.incident.opened, marked as a reopening.
+    events = opened_events(db_url, incident_id)
+    assert len(events) == 2 and events[1].payload["reopened"] is True
+
+
+def test_alert_firing_after_the_reopen_window_opens_a_new_one(db_url: str) -> None:
     first = ingest(db_url, "firing-f1-grouped.json")
     ingest(db_url, "resolved-f1-grouped.json")
-    refire = payload("firing-f1-grouped.json")
-    for a in refire["alerts"]:
-        a["startsAt"] = "2026-11-22T20:00:00Z"
     with session_scope(db_url) as s:
-        second = ingest_alerts(s, parse_alertmanager(refire), POLICY)
+        i = s.get(Incident, first.incident_ids[0])
+        i.resolved_at = i.resolved_at - timedelta(minutes=61)
+    second = refire(db_url)
     assert second.items[0].outcome == "opened"
     assert second.incident_ids != first.incident_ids
+
+
+def test_with_no_reopen_window_a_new_incident_opens(db_url: str) -> None:
+    never = POLICY.model_copy(deep=True)
+    never.lifecycle.reopen_window_minutes = 0
+    first = ingest(db_url, "firing-f1-grouped.json")
+    ingest(db_url, "resolved-f1-grouped.json")
+    second = refire(db_url, never)
+    assert second.items[0].outcome == "opened"
+    assert second.incident_ids != first.incident_ids
+
+
+def test_close_and_reopen_by_a_person(db_url: str) -> None:
+    [incident_id] = ingest(db_url, "firing-f1-grouped.json").incident_ids
+    with session_scope(db_url) as s:
+        i = s.get(Incident, incident_id)
+        with pytest.raises(IncidentStateError, match="only a resolved incident can be closed"):
+            incidents.close(s, i, "alice", "done")
+        incidents.transition(s, i, "resolved", "test", "recovered")
+        assert incidents.close(s, i, "alice", "post-mortem accepted")
+        assert not incidents.close(s, i, "alice", "again")  # a retry changes nothing
+        assert i.closed_at is not None
+        assert incidents.reopen(s, i, "bob", "it is back")
+        assert (i.status, i.closed_at, i.reopened_count) == ("open", None, 1)
+        assert not incidents.reopen(s, i, "bob", "twice")
+    # Another incident of the group is active: this one cannot come back beside it.
+    with session_scope(db_url) as s:
+        i = s.get(Incident, incident_id)
+        incidents.transition(s, i, "resolved", "test", "recovered")
+    [other] = refire(
+        db_url,
+        POLICY.model_copy(update={"lifecycle": type(POLICY.lifecycle)(reopen_window_minutes=0)}),
+    ).incident_ids
+    assert other != incident_id
+    with (
+        session_scope(db_url) as s,
+        pytest.raises(IncidentStateError, match=f"incident {other} of its group"),
+    ):
+        incidents.reopen(s, s.get(Incident, incident_id), "bob", "back")
+
+
+def test_incidents_resolved_longer_ago_than_the_policy_days_close_by_themselves(
+    db_url: str,
+) -> None:
+    [old] = ingest(db_url, "firing-f1-grouped.json").incident_ids
+    [recent] = ingest(db_url, "firing-feature-drift.json").incident_ids
+    now = datetime.now(UTC)
+    with session_scope(db_url) as s:
+        for i, days in ((old, 8), (recent, 6)):
+            incident = s.get(Incident, i)
+            incidents.transition(s, incident, "resolved", "test", "recovered")
+            incident.resolved_at = now - timedelta(days=days)
+    with session_scope(db_url) as s:
+        assert incidents.close_stale(s, now, 7) == [old]
+    with session_scope(db_url) as s:
+        assert incidents.close_stale(s, now, 7) == []  # nothing twice
+        assert (s.get(Incident, old).status, s.get(Incident, recent).status) == (
+            "closed",
+            "resolved",
+        )
+        [line] = s.exec(
+            select(TimelineEvent.message).where(
+                TimelineEvent.incident_id == old, TimelineEvent.actor == "lifecycle"
+            )
+        ).all()
+    assert line.startswith("resolved -> closed: resolved over 7 days ago")
 
 
 def test_lifecycle_never_moves_backwards(db_url: str) -> None:
