@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 
 def free_port() -> int:
@@ -168,6 +169,15 @@ def start_runbooks_serve(
         cwd=root,
     )
     proc.wait_http(f"http://127.0.0.1:{port}/healthz", timeout)
+    # Ready when every deployment of prefect.yaml and each of its triggers' automations
+    # exist: an event sent before its automation is there starts nothing.
+    declared = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    deployed = {d["name"] for d in declared}
+    triggered = {
+        f"{d['name']}__automation_{n}"
+        for d in declared
+        for n in range(1, len(d.get("triggers") or []) + 1)
+    }
     api = env["PREFECT_API_URL"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,8 +185,7 @@ def start_runbooks_serve(
         names = {d["name"] for d in r.json()} if r.status_code == 200 else set()
         a = httpx.post(f"{api}/automations/filter", json={}, timeout=5)
         automations = {x["name"] for x in a.json()} if a.status_code == 200 else set()
-        wanted = {"triage__automation_1", "containment__automation_1"}
-        if {"triage", "containment"} <= names and wanted <= automations:
+        if deployed <= names and triggered <= automations:
             return proc
         time.sleep(0.2)
     proc.stop()

@@ -67,6 +67,15 @@ def test_escalation_sweep_runs_every_minute_on_a_schedule() -> None:
     assert sweep.parameters == {"request": {"dry_run": False}}
 
 
+def test_close_resolved_runs_every_hour_on_a_schedule() -> None:
+    from datetime import timedelta
+
+    (closer,) = [d for d in runner_deployments() if d.name == "close-resolved"]
+    (schedule,) = closer.schedules
+    assert schedule.schedule.interval == timedelta(hours=1) and schedule.active
+    assert closer.parameters == {"request": {"limit": 500}}
+
+
 def test_announce_starts_on_every_resolution_and_hand_off() -> None:
     from flows.announce import KIND_OF_EVENT
 
@@ -75,3 +84,27 @@ def test_announce_starts_on_every_resolution_and_hand_off() -> None:
     assert trigger.expect == set(KIND_OF_EVENT)
     assert trigger.for_each == {"related:incident:prefect.resource.id"}
     assert trigger.parameters["request"]["event"] == "{{ event.event }}"
+
+
+def test_postmortem_starts_on_every_resolution() -> None:
+    (postmortem,) = [d for d in runner_deployments() if d.name == "postmortem"]
+    (trigger,) = postmortem.triggers
+    assert trigger.expect == {"ml.incident.resolved"}
+    assert trigger.for_each == {"related:incident:prefect.resource.id"}
+    assert trigger.parameters["request"] == {
+        "incident_id": "{{ event.payload.incident_id | default(0) }}"
+    }
+
+
+def test_the_audits_run_on_their_cron_schedules_in_utc() -> None:
+    deployments = {d.name: d for d in runner_deployments()}
+    expected = {
+        "weekly-review": "0 8 * * 1",
+        "fairness-audit": "0 6 1 * *",
+        "model-audit": "0 7 1 1,4,7,10 *",
+        "silence-inventory": "30 8 * * 1",
+    }
+    for name, cron in expected.items():
+        (schedule,) = deployments[name].schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (cron, "UTC"), name
+        assert schedule.active and deployments[name].triggers == [], name
