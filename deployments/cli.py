@@ -218,7 +218,16 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     from tasks.intake_client import IntakeRefused, IntakeUnreachable
 
     intake = _intake(args.url)
+    change = "close" if args.close else "reopen" if args.reopen else None
+    if change and (not args.id or not args.by):
+        print(f"--{change} needs the incident's id and --by NAME", file=sys.stderr)
+        return 2
     try:
+        if change:
+            done = intake.change_status(args.id, change, args.by, args.why or "")
+            last = done["incident"]["timeline"][-1]["message"] if done["changed"] else ""
+            print(last or f"incident {args.id} is {done['incident']['status']}; nothing changed")
+            return 0
         data = intake.get_incident(args.id) if args.id else intake.list_incidents()
     except IntakeUnreachable as err:
         print(err, file=sys.stderr)
@@ -238,6 +247,83 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                 f"#{i['id']:<5} {i['status']:<13} {i['severity'] or '-':<3} {i['model']:<20} "
                 f"{i['title']}"
             )
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """A root cause for an incident, or its labels with --list, through the intake."""
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
+
+    if not args.list and (not args.root_cause or not args.by):
+        print("label needs --root-cause CAUSE and --by NAME (or --list)", file=sys.stderr)
+        return 2
+    intake = _intake(args.url)
+    try:
+        if args.list:
+            data = intake.list_labels(args.id)
+        else:
+            body = {"root_cause": args.root_cause, "labeled_by": args.by}
+            body |= {"component": args.component or "", "comment": args.comment or ""}
+            if args.confidence is not None:
+                body["confidence"] = args.confidence
+            data = intake.add_label(args.id, body)
+    except IntakeUnreachable as err:
+        print(err, file=sys.stderr)
+        return 1
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
+        return 1
+    for v in data["items"] if args.list else [data]:
+        print(
+            f"{v['at'][:19]}  {v['root_cause']}  {v['component'] or '-'}  "
+            f"confidence {v['confidence']:g}  by {v['labeled_by']}"
+            + (f": {v['comment']}" if v["comment"] else "")
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The incident report from the intake: a table per severity and per model, or JSON."""
+    from runbooks.reporting import format_report
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
+
+    try:
+        data = _intake(args.url).report(args.since, args.until)
+    except IntakeUnreachable as err:
+        print(err, file=sys.stderr)
+        return 1
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else format_report(data))
+    return 0
+
+
+def cmd_postmortem(args: argparse.Namespace) -> int:
+    """An incident's post-mortem from the intake (markdown, or --json); --accept closes it."""
+    from runbooks.postmortem import PostMortem
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
+
+    if args.accept and not args.by:
+        print("--accept needs --by NAME: who accepts the post-mortem", file=sys.stderr)
+        return 2
+    intake = _intake(args.url)
+    try:
+        if args.accept:
+            view = intake.accept_postmortem(args.id, args.by)
+            print(f"incident {args.id} is {view['status']}: {view['timeline'][-1]['message']}")
+            return 0
+        data = intake.get_postmortem(args.id)
+    except IntakeUnreachable as err:
+        print(err, file=sys.stderr)
+        return 1
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(PostMortem.model_validate(data).to_markdown(), end="")
     return 0
 
 
@@ -352,7 +438,46 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("id", nargs="?", type=int)
     i.add_argument("--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080"))
     i.add_argument("--json", action="store_true")
+    change = i.add_mutually_exclusive_group()
+    change.add_argument("--close", action="store_true", help="close a resolved incident")
+    change.add_argument(
+        "--reopen", action="store_true", help="reopen an ended one: triage decides again"
+    )
+    i.add_argument("--by", help="who closes or reopens it (with --close / --reopen)")
+    i.add_argument("--why", help="why, for the timeline")
     i.set_defaults(func=cmd_incidents)
+
+    lab = sub.add_parser("label", help="label an incident's root cause, or --list its labels")
+    lab.add_argument("id", type=int)
+    lab.add_argument("--root-cause", help="feature_drift, bad_deployment, ... or free text")
+    lab.add_argument("--component", help='what broke: "feature pipeline", "model v3"')
+    lab.add_argument("--confidence", type=float, help="0..1, how sure you are (default 1)")
+    lab.add_argument("--by", help="who labels it")
+    lab.add_argument("--comment")
+    lab.add_argument("--list", action="store_true", help="show the incident's labels")
+    lab.add_argument(
+        "--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080")
+    )
+    lab.set_defaults(func=cmd_label)
+
+    rep = sub.add_parser("report", help="MTTD/MTTA/MTTR, deadlines met, diagnosis vs labels")
+    rep.add_argument("--since", default="30d", help="30d, 24h, 90m or an ISO datetime")
+    rep.add_argument("--until", default=None, help="the same forms; default now")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument(
+        "--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080")
+    )
+    rep.set_defaults(func=cmd_report)
+
+    pm = sub.add_parser("postmortem", help="an incident's post-mortem; --accept closes it")
+    pm.add_argument("id", type=int)
+    shown = pm.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="the JSON (metrics under metrics)")
+    shown.add_argument("--markdown", action="store_true", help="the markdown (the default)")
+    shown.add_argument("--accept", action="store_true", help="accept it: the incident closes")
+    pm.add_argument("--by", help="who accepts it (with --accept)")
+    pm.add_argument("--url", default=os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080"))
+    pm.set_defaults(func=cmd_postmortem)
 
     intake_url = os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8080")
     sil = sub.add_parser("silence", help="add, query or expire silences (like amtool)")

@@ -30,10 +30,14 @@ from runbooks.alerts import (
     parse_report,
 )
 from runbooks.escalation import NoSuchIncident, acknowledge_incident
-from runbooks.incidents import IncidentStateError
+from runbooks.incidents import IncidentStateError, add_timeline, close, reopen
 from runbooks.ingest import IngestResult, ingest, open_reported_incident
+from runbooks.labels import LabelInputError, add_label, label_view, labels_of, parse_label
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
+from runbooks.postmortem import build as build_postmortem
+from runbooks.postmortem import gather as gather_postmortem
+from runbooks.reporting import ReportInputError, incident_report, parse_moment
 from runbooks.store import migrate, session_scope, writer_slot
 
 WRITE_ATTEMPTS = 5
@@ -60,6 +64,9 @@ def store_alerts(
                 raise
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+STATUS_CHANGES = {"close": close, "reopen": reopen}
 
 
 def tell_acknowledged(incident_id: int, by: str) -> None:
@@ -258,6 +265,50 @@ def create_app(
                 raise IntakeError(404, f"no incident {incident_id}; list them at /api/v1/incidents")
             return incident_view(s, incident, timeline=True)
 
+    @app.post("/api/v1/incidents/{incident_id}/close")
+    async def close_incident(incident_id: int, request: Request) -> dict[str, Any]:
+        """A person closes a resolved incident (as `runbooks incidents ID --close`)."""
+        return await change_status(incident_id, "close", request)
+
+    @app.post("/api/v1/incidents/{incident_id}/reopen")
+    async def reopen_incident(incident_id: int, request: Request) -> dict[str, Any]:
+        """A person reopens an ended incident (as `runbooks incidents ID --reopen`): triage
+        decides again and the escalation clock runs from now."""
+        return await change_status(incident_id, "reopen", request)
+
+    async def change_status(incident_id: int, change: str, request: Request) -> dict[str, Any]:
+        """Each change on the timeline with who and why; doing it twice changes nothing."""
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise IntakeError(
+                422, f'body must be an object like {{"by": "alice", "why": "..."}}, got {body!r}'
+            )
+        unknown = sorted(set(body) - {"by", "why"})
+        if unknown:
+            raise IntakeError(422, f'unknown fields {unknown}; this takes "by" and "why"')
+        by, why = body.get("by"), body.get("why") or f"{change}d by hand"
+        if not isinstance(by, str) or not by.strip():
+            raise IntakeError(422, f'by: say who does it, e.g. {{"by": "alice"}}; got {by!r}')
+        if not isinstance(why, str):
+            raise IntakeError(422, f"why: a sentence, got {why!r}")
+
+        def write() -> tuple[bool, dict[str, Any]]:
+            with session_scope(database_url) as s:
+                incident = s.get(Incident, incident_id)
+                if incident is None:
+                    raise IntakeError(404, f"no incident {incident_id}")
+                try:
+                    changed = STATUS_CHANGES[change](s, incident, by.strip(), why)
+                except IncidentStateError as err:
+                    raise IntakeError(409, str(err)) from None
+                s.flush()
+                return changed, incident_view(s, incident, timeline=True)
+
+        changed, view = await run_in_threadpool(write)
+        if changed and deliverer is not None:
+            deliverer.poke()  # a reopening's ml.incident.opened waits in the outbox
+        return {"changed": changed, "incident": view}
+
     @app.post("/api/v1/incidents/{incident_id}/ack")
     async def acknowledge(
         incident_id: int, request: Request, background: BackgroundTasks
@@ -290,6 +341,106 @@ def create_app(
                 deliverer.poke()  # ml.incident.acknowledged waits in the outbox
             background.add_task(tell_acknowledged, incident_id, ack.by)
         return {**view, "message": ack.line}
+
+    @app.get("/api/v1/incidents/{incident_id}/postmortem")
+    def get_postmortem(request: Request, incident_id: int) -> dict[str, Any]:
+        """The stored post-mortem; else built now from the store and not stored (a draft of
+        an active incident, or one the postmortem flow has not written yet)."""
+        authorize(request)
+        with session_scope(database_url) as s:
+            try:
+                incident, facts, labels = gather_postmortem(s, incident_id)
+            except NoSuchIncident as err:
+                raise IntakeError(404, str(err)) from None
+            if incident.postmortem is not None:
+                return {**incident.postmortem, "stored": True}
+            report = build_postmortem(incident, facts, labels, policy, utcnow())
+            return {**report.model_dump(mode="json"), "stored": False}
+
+    @app.post("/api/v1/incidents/{incident_id}/postmortem/accept")
+    async def accept_postmortem(incident_id: int, request: Request) -> dict[str, Any]:
+        """A person accepts the post-mortem: the resolved incident closes."""
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise IntakeError(422, f'body must be an object like {{"by": "alice"}}, got {body!r}')
+        unknown = sorted(set(body) - {"by"})
+        if unknown:
+            raise IntakeError(422, f'unknown fields {unknown}; this takes only "by"')
+        by = body.get("by")
+        if not isinstance(by, str) or not by.strip():
+            raise IntakeError(422, f'by: say who accepts it, e.g. {{"by": "alice"}}; got {by!r}')
+        by = by.strip()
+
+        def write() -> dict[str, Any]:
+            with session_scope(database_url) as s:
+                try:
+                    incident, facts, labels = gather_postmortem(s, incident_id)
+                    close(s, incident, by, f"post-mortem accepted by {by}")
+                except NoSuchIncident as err:
+                    raise IntakeError(404, str(err)) from None
+                except IncidentStateError as err:
+                    raise IntakeError(409, str(err)) from None
+                if incident.postmortem_accepted_by is None:
+                    if incident.postmortem is None:
+                        # What was accepted is kept: the report as it stood then.
+                        report = build_postmortem(incident, facts, labels, policy, utcnow())
+                        incident.postmortem = report.model_dump(mode="json")
+                    incident.postmortem_accepted_by = by
+                    s.add(incident)
+                    add_timeline(s, incident_id, by, "postmortem", f"post-mortem accepted by {by}")
+                s.flush()
+                return incident_view(s, incident, timeline=True)
+
+        return await run_in_threadpool(write)
+
+    @app.post("/api/v1/incidents/{incident_id}/labels", status_code=201)
+    async def label_incident(incident_id: int, request: Request) -> JSONResponse:
+        """A person's root cause for the incident (as `runbooks label`): one timeline line."""
+        body = await body_of(request)
+        try:
+            fields = parse_label(body)
+        except LabelInputError as err:
+            raise IntakeError(422, str(err)) from None
+
+        def write() -> dict[str, Any]:
+            with session_scope(database_url) as s:
+                try:
+                    return label_view(add_label(s, incident_id, **fields))
+                except NoSuchIncident as err:
+                    raise IntakeError(404, str(err)) from None
+
+        return JSONResponse(await run_in_threadpool(write), status_code=201)
+
+    @app.get("/api/v1/incidents/{incident_id}/labels")
+    def list_labels(request: Request, incident_id: int) -> dict[str, Any]:
+        authorize(request)
+        with session_scope(database_url) as s:
+            try:
+                items = [label_view(label) for label in labels_of(s, incident_id)]
+            except NoSuchIncident as err:
+                raise IntakeError(404, str(err)) from None
+        return {"total": len(items), "items": items}
+
+    @app.get("/api/v1/report")
+    def report_incidents(
+        request: Request, since: str = "30d", until: str | None = None
+    ) -> dict[str, Any]:
+        """The incident report (runbooks/reporting.py) over those opened in [since, until)."""
+        authorize(request)
+        now = utcnow()
+        try:
+            start = parse_moment("since", since, now)
+            end = parse_moment("until", until, now) if until else now
+        except ReportInputError as err:
+            raise IntakeError(422, str(err)) from None
+        if start >= end:
+            raise IntakeError(
+                422,
+                f"since ({start.isoformat()}) must be before until ({end.isoformat()}); "
+                "give an earlier since or a later until",
+            )
+        with session_scope(database_url) as s:
+            return incident_report(s, start, end, now).model_dump(mode="json")
 
     @app.get("/api/v1/alerts")
     def list_alerts(

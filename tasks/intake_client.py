@@ -105,6 +105,20 @@ class IntakeClient:
         """The incident with its alerts, timeline and actions."""
         return self.call("GET", f"/api/v1/incidents/{incident_id}")
 
+    def change_status(self, incident_id: int, change: str, by: str, why: str) -> dict[str, Any]:
+        """close or reopen: {"changed": bool, "incident": {...}}."""
+        body = {"by": by, **({"why": why} if why else {})}
+        return self.call("POST", f"/api/v1/incidents/{incident_id}/{change}", json=body)
+
+    def get_postmortem(self, incident_id: int) -> dict[str, Any]:
+        """The incident's post-mortem: the stored one, else one built on the spot."""
+        return self.call("GET", f"/api/v1/incidents/{incident_id}/postmortem")
+
+    def accept_postmortem(self, incident_id: int, by: str) -> dict[str, Any]:
+        """Accept the post-mortem: the resolved incident closes."""
+        path = f"/api/v1/incidents/{incident_id}/postmortem/accept"
+        return self.call("POST", path, json={"by": by})
+
     def list_incidents(self, **params: Any) -> dict[str, Any]:
         """One page of incidents, newest first: {"items": [...], "total": N}."""
         return self.call("GET", "/api/v1/incidents", params=params)
@@ -126,3 +140,16 @@ class IntakeClient:
 
     def expire_silence(self, silence_id: str) -> dict[str, Any]:
         return self.call("DELETE", f"/api/v1/silences/{silence_id}")
+
+    def add_label(self, incident_id: int, label: dict[str, Any]) -> dict[str, Any]:
+        """A root-cause label (runbooks/labels.py); the stored label."""
+        return self.call("POST", f"/api/v1/incidents/{incident_id}/labels", json=label)
+
+    def list_labels(self, incident_id: int) -> dict[str, Any]:
+        """The incident's labels, oldest first: {"items": [...], "total": N}."""
+        return self.call("GET", f"/api/v1/incidents/{incident_id}/labels")
+
+    def report(self, since: str, until: str | None = None) -> dict[str, Any]:
+        """The incident report (runbooks/reporting.py) as JSON."""
+        params = {"since": since} | ({"until": until} if until else {})
+        return self.call("GET", "/api/v1/report", params=params)
