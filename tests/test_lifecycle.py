@@ -124,3 +124,47 @@ def test_runbooks_incidents_close_and_reopen_from_the_command_line(intake) -> No
     assert missing.returncode == 2 and "--by NAME" in missing.stderr
     refused = runbooks(str(i), "--close", "--by", "alice")  # it is open now
     assert refused.returncode == 1 and "only a resolved incident can be closed" in refused.stderr
+
+
+@pytest.mark.slow
+def test_an_alert_of_a_resolved_group_reopens_it_and_triage_decides_again(stack: dict) -> None:
+    """On the real stack: the refire reopens the incident and the served triage runs again
+    on the second ml.incident.opened."""
+    intake = stack["intake"]
+    model = f"reopen-{time.monotonic_ns() % 100000}"
+    alert = {
+        "model": model,
+        "alertname": "FeatureNullRateHigh",
+        "metric": "null_rate",
+        "feature": "amount",
+        "value": 0.08,
+        "severity": "P3",
+    }
+
+    def send(status: str, starts: str) -> int:
+        r = httpx.post(
+            f"{intake}/api/v1/alerts",
+            json={**alert, "status": status, "startsAt": starts},
+            timeout=30,
+        )
+        assert r.status_code in (200, 201, 202), r.text
+        return r.json()["alerts"][0]["incident_id"]
+
+    def view(i: int) -> dict:
+        return httpx.get(f"{intake}/api/v1/incidents/{i}", timeout=30).json()
+
+    def triaged_lines(i: int) -> list[str]:
+        return [
+            e["message"] for e in view(i)["timeline"] if e["message"].startswith("open -> triaged")
+        ]
+
+    first = send("firing", "2026-12-04T10:00:00Z")
+    wait_for(lambda: triaged_lines(first), 120, 0.5, "the first triage")
+    assert send("resolved", "2026-12-04T10:00:00Z") == first
+    assert view(first)["status"] == "resolved"
+    again = send("firing", "2026-12-04T11:00:00Z")
+    assert again == first
+    v = view(first)
+    assert v["status"] == "open" and v["reopened_count"] == 1
+    assert any(e["kind"] == "reopened" for e in v["timeline"])
+    wait_for(lambda: len(triaged_lines(first)) == 2, 120, 0.5, "triage of the reopened incident")
