@@ -13,19 +13,31 @@ groups), runbook runs started (must equal incidents).
 --intake-only runs `runbooks serve-intake` alone (no Prefect server, no runbooks executing
 beside it on the machine's two cores): the intake's own rate. Its events wait in the
 outbox, and the figure printed for them is the events staged (one per incident).
+
+--replicas N (with --store postgresql) runs N `runbooks serve-intake` processes on the one
+database, posts round-robin to them, and has their outboxes deliver to a stand-in for
+Prefect's events API that counts what it gets: it prints alerts lost (acknowledged and not
+stored: must be 0), incidents per group (must be 1) and ml.incident.opened events per
+incident (must be 1).
+
+    ./run bench alert_storm --store postgresql --replicas 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -95,22 +107,27 @@ def machine() -> str:
     return f"{os.cpu_count()} x {cpu}"
 
 
-def storm(intake: str, n: int, per_post: int) -> tuple[float, int, int]:
+def storm(intakes: list[str], n: int, per_post: int) -> tuple[float, int, int]:
+    """Post the storm over 4 connections, post j to intake j mod len(intakes)."""
     starts = datetime.now(UTC).isoformat()
     posts = [
-        webhook([alert(i, starts) for i in range(k, min(n, k + per_post))])
-        for k in range(0, n, per_post)
+        (j, webhook([alert(i, starts) for i in range(k, min(n, k + per_post))]))
+        for j, k in enumerate(range(0, n, per_post))
     ]
 
-    def send(chunk: list[dict]) -> tuple[int, int]:
+    def send(chunk: list[tuple[int, dict]]) -> tuple[int, int]:
         ok = failed = 0
-        with httpx.Client(base_url=intake, timeout=60) as c:
-            for body in chunk:
-                r = c.post("/api/v1/alerts/alertmanager", json=body)
+        clients = [httpx.Client(base_url=url, timeout=60) for url in intakes]
+        try:
+            for j, body in chunk:
+                r = clients[j % len(clients)].post("/api/v1/alerts/alertmanager", json=body)
                 if r.status_code == 202:
                     ok += r.json()["accepted"]
                 else:
                     failed += len(body["alerts"])
+        finally:
+            for c in clients:
+                c.close()
         return ok, failed
 
     chunks = [posts[k::4] for k in range(4)]
@@ -160,7 +177,15 @@ def main() -> None:
         "--prefect-postgres", action="store_true", help="run the Prefect server on PostgreSQL"
     )
     ap.add_argument("--intake-only", action="store_true", help="the intake alone, no Prefect")
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="N intakes on one PostgreSQL, delivering to a counting stand-in for Prefect",
+    )
     args = ap.parse_args()
+    if args.replicas and args.store != "postgresql":
+        ap.error("--replicas needs --store postgresql: SQLite takes one intake process per file")
 
     home = Path(tempfile.mkdtemp(prefix="runbooks-storm-"))
     schema = None
@@ -185,9 +210,9 @@ def main() -> None:
             "RUNBOOKS_RUNBOOK_START_SECONDS": "30",
         }
     )
-    if args.intake_only:
+    if args.intake_only or args.replicas:
         try:
-            intake_only(home, env, iport, db, args)
+            (replicas if args.replicas else intake_only)(home, env, iport, db, args)
         finally:
             if schema:
                 with sa.create_engine(PG_ADMIN).begin() as c:
@@ -199,7 +224,7 @@ def main() -> None:
     intake, api = f"http://127.0.0.1:{iport}", env["PREFECT_API_URL"]
     try:
         cpu0 = cpu_seconds(serve.pid)
-        seconds, accepted, failed = storm(intake, args.alerts, args.per_post)
+        seconds, accepted, failed = storm([intake], args.alerts, args.per_post)
         cpu = cpu_seconds(serve.pid) - cpu0
         engine = get_engine(db)
         with engine.connect() as c:
@@ -277,7 +302,7 @@ def intake_only(
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/healthz", 60)
         cpu0 = cpu_seconds(proc.pid)
-        seconds, accepted, failed = storm(f"http://127.0.0.1:{port}", args.alerts, args.per_post)
+        seconds, accepted, failed = storm([f"http://127.0.0.1:{port}"], args.alerts, args.per_post)
         cpu = cpu_seconds(proc.pid) - cpu0
         with get_engine(db).connect() as c:
             stored = c.execute(sa.text("select count(*) from alert")).scalar_one()
@@ -298,6 +323,115 @@ def intake_only(
     finally:
         proc.stop()
         get_engine(db).dispose()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class CountingPrefect:
+    """Prefect's `POST /api/events` as the outboxes speak it: counts the ml.incident.opened
+    events per incident, and how often each event id came."""
+
+    def __init__(self) -> None:
+        self.opened: Counter[int] = Counter()
+        self.ids: Counter[str] = Counter()
+        lock = threading.Lock()
+        counts = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"] or 0)))
+                if self.path.endswith("/events"):
+                    with lock:
+                        for e in body:
+                            counts.ids[e["id"]] += 1
+                            if e["event"] == "ml.incident.opened":
+                                counts.opened[e["payload"]["incident_id"]] += 1
+                    self.send_response(204)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                else:  # the watchdog's filters: no runs (it is off in this bench)
+                    self.send_response(200)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"[]")
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.api = f"http://127.0.0.1:{self.server.server_port}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def replicas(home: Path, env: dict[str, str], port: int, db: str, args: argparse.Namespace) -> None:
+    """N intakes on one PostgreSQL, started together (one migrates, the others wait)."""
+    prefect = CountingPrefect()
+    # No triage runs here: the watchdog would send every opening again after its grace.
+    env = {**env, "PREFECT_API_URL": prefect.api, "RUNBOOKS_RUNBOOK_START_SECONDS": "86400"}
+    root = Path(__file__).resolve().parent.parent
+    ports = [port] + [free_port() for _ in range(args.replicas - 1)]
+    procs = [
+        ManagedProcess(
+            f"runbooks serve-intake #{k}",
+            [sys.executable, "-m", "deployments.cli", "serve-intake", "--port", str(p)],
+            env,
+            home / f"intake-{k}.log",
+            cwd=root,
+        )
+        for k, p in enumerate(ports)
+    ]
+    engine = get_engine(db)
+    try:
+        for proc, p in zip(procs, ports, strict=True):
+            proc.wait_http(f"http://127.0.0.1:{p}/healthz", 60)
+        cpu0 = [cpu_seconds(proc.pid) for proc in procs]
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        seconds, accepted, failed = storm(urls, args.alerts, args.per_post)
+        cpu = sum(cpu_seconds(proc.pid) for proc in procs) - sum(cpu0)
+        deadline = time.monotonic() + 120
+        waiting = -1
+        while time.monotonic() < deadline and waiting != 0:
+            time.sleep(0.5)
+            with engine.connect() as c:
+                waiting = c.execute(
+                    sa.text("select count(*) from outboxevent where delivered_at is null")
+                ).scalar_one()
+        time.sleep(3)  # a second send of anything would arrive now
+        with engine.connect() as c:
+            stored = c.execute(sa.text("select count(*) from alert")).scalar_one()
+            per_group = Counter(
+                c.execute(sa.text("select count(*) from incident group by group_key")).scalars()
+            )
+            incidents = c.execute(sa.text("select id from incident")).scalars().all()
+            staged = c.execute(sa.text("select count(*) from outboxevent")).scalar_one()
+        opened = Counter(prefect.opened.get(i, 0) for i in incidents)
+        print(
+            f"store postgresql, {args.replicas} intake replica(s) on one database, "
+            f"{args.alerts} alerts in posts of {args.per_post} round-robin, 4 connections, "
+            f"on {machine()}:"
+        )
+        print(f"  accepted {accepted} in {seconds:.2f} s = {accepted / seconds:,.0f} alerts/s")
+        print(f"  CPU of the intake processes meanwhile {cpu:.2f} s")
+        print(f"  lost {accepted - stored} (acknowledged {accepted}, stored {stored}, "
+              f"refused {failed})")  # fmt: skip
+        print(
+            f"  incidents {len(incidents)} in {sum(per_group.values())} groups (distinct "
+            f"{MODELS * len(METRICS)}); groups by incidents each {dict(per_group)} (must be "
+            f"{{1: {MODELS * len(METRICS)}}})"
+        )
+        print(
+            f"  ml.incident.opened delivered per incident {dict(sorted(opened.items()))} "
+            f"(must be {{1: {len(incidents)}}}); events staged {staged}, received "
+            f"{sum(prefect.ids.values())}, distinct {len(prefect.ids)}, undelivered {waiting}"
+        )
+    finally:
+        for proc in procs:
+            proc.stop()
+        prefect.close()
+        engine.dispose()
         shutil.rmtree(home, ignore_errors=True)
 
 

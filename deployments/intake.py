@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import random
-import secrets
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.intake_guard import IntakeGuard, TokenBuckets, Tokens
 from deployments.outbox import OutboxDeliverer
 from runbooks import remediation, silences
 from runbooks.alerts import (
@@ -41,6 +44,10 @@ from runbooks.reporting import ReportInputError, incident_report, parse_moment
 from runbooks.store import migrate, session_scope, writer_slot
 
 WRITE_ATTEMPTS = 5
+# Ids are 64-bit signed in the store; a larger one is refused (422), not sent to the
+# driver (which raised OverflowError: a 500).
+MAX_ID = 2**63 - 1
+IncidentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The incident's id.")]
 
 
 def _retryable(err: OperationalError) -> bool:
@@ -112,12 +119,20 @@ def incident_view(s: Session, incident: Incident, timeline: bool) -> dict[str, A
     return view
 
 
+def validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
 def page(s: Session, q: Any, newest: Any, limit: int, offset: int) -> tuple[list[Any], int]:
     """One page, newest first, and the count of every match (not just the page)."""
     if not 1 <= limit <= 500:
         raise IntakeError(400, f"limit must be between 1 and 500, got {limit}")
-    if offset < 0:
-        raise IntakeError(400, f"offset must be 0 or more, got {offset}")
+    if not 0 <= offset <= MAX_ID:
+        raise IntakeError(400, f"offset must be between 0 and {MAX_ID}, got {offset}")
     total = s.exec(select(func.count()).select_from(q.subquery())).one()
     return list(s.exec(q.order_by(newest.desc()).offset(offset).limit(limit)).all()), total
 
@@ -131,9 +146,18 @@ def create_app(
     writers: int = 2,
     deliverer: OutboxDeliverer | None = None,
     slack_socket_mode: bool = False,
+    max_pending: int = 32,
+    alert_token: str = "",
+    read_token: str = "",
+    act_token: str = "",
+    rate_per_second: float = 0.0,
+    rate_burst: int = 1,
 ) -> FastAPI:
     """The intake app. `deliverer` is poked after each commit so events leave at once.
-    With `slack_socket_mode` it also takes Slack's button presses over a websocket."""
+    With `slack_socket_mode` it also takes Slack's button presses over a websocket.
+    More than `max_pending` alert posts in flight and the next one gets 503 at once.
+    `token` has every scope, the others one (deployments/intake_guard.py); each client
+    may make `rate_burst` requests at once and `rate_per_second` after (0: no limit)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -163,19 +187,27 @@ def create_app(
     async def _payload_error(_r: Request, exc: AlertPayloadError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
 
-    def authorize(request: Request) -> None:
-        if token:
-            given = request.headers.get("authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
-                raise IntakeError(
-                    401,
-                    "missing or wrong bearer token: send "
-                    "'Authorization: Bearer <RUNBOOKS_INTAKE_TOKEN>'",
-                )
+    @app.exception_handler(RequestValidationError)
+    async def _parameter_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer is {"detail": [...]}; the intake's name the parameter.
+        return JSONResponse({"error": validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # An unknown path (404) or method (405), in the intake's form.
+        return JSONResponse(
+            {"error": f"{r.method} {r.url.path}: {exc.detail}; the routes are in docs/intake.md"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    app.add_middleware(
+        IntakeGuard,
+        tokens=Tokens(token, alert_token, read_token, act_token),
+        buckets=TokenBuckets(rate_per_second, rate_burst) if rate_per_second > 0 else None,
+    )
 
     async def body_of(request: Request) -> Any:
-        authorize(request)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise IntakeError(
@@ -214,15 +246,38 @@ def create_app(
             status_code=202,
         )
 
+    in_flight = 0  # alert posts being read, waiting for a writer slot, or writing
+
+    async def take_alerts(request: Request, parse: Callable[[Any], list[AlertIn]]) -> JSONResponse:
+        """Backpressure: past `max_pending` posts in flight, answer 503 and Retry-After at
+        once rather than queue a post past its sender's timeout (Alertmanager's is 10 s; it
+        retries a 5xx). Nothing refused was stored. Counted on the event loop, before any
+        thread: reads and /healthz keep threads of their own."""
+        nonlocal in_flight
+        if in_flight >= max_pending:
+            return JSONResponse(
+                {
+                    "error": f"the intake has {in_flight} alert posts in flight, its limit; "
+                    "nothing of this post was stored: send it again after Retry-After, "
+                    "or raise RUNBOOKS_INTAKE_MAX_PENDING or add an intake replica"
+                },
+                status_code=503,
+                headers={"Retry-After": str(random.randint(1, 5))},
+            )
+        in_flight += 1
+        try:
+            alerts = parse(await body_of(request))
+            return accepted(await run_in_threadpool(store, alerts))
+        finally:
+            in_flight -= 1
+
     @app.post("/api/v1/alerts/alertmanager", status_code=202)
     async def alertmanager(request: Request) -> JSONResponse:
-        alerts = parse_alertmanager(await body_of(request))
-        return accepted(await run_in_threadpool(store, alerts))
+        return await take_alerts(request, parse_alertmanager)
 
     @app.post("/api/v1/alerts", status_code=202)
     async def generic(request: Request) -> JSONResponse:
-        alerts = parse_generic(await body_of(request), utcnow())
-        return accepted(await run_in_threadpool(store, alerts))
+        return await take_alerts(request, lambda body: parse_generic(body, utcnow()))
 
     @app.post("/api/v1/model-governance/{model_id}/incidents", status_code=201)
     async def report(model_id: str, request: Request) -> JSONResponse:
@@ -246,7 +301,6 @@ def create_app(
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        authorize(request)
         with session_scope(database_url) as s:
             q = select(Incident)
             if status:
@@ -257,8 +311,7 @@ def create_app(
             return {"total": total, "items": [incident_view(s, i, timeline=False) for i in rows]}
 
     @app.get("/api/v1/incidents/{incident_id}")
-    def get_incident(request: Request, incident_id: int) -> dict[str, Any]:
-        authorize(request)
+    def get_incident(incident_id: IncidentId) -> dict[str, Any]:
         with session_scope(database_url) as s:
             incident = s.get(Incident, incident_id)
             if incident is None:
@@ -266,12 +319,12 @@ def create_app(
             return incident_view(s, incident, timeline=True)
 
     @app.post("/api/v1/incidents/{incident_id}/close")
-    async def close_incident(incident_id: int, request: Request) -> dict[str, Any]:
+    async def close_incident(incident_id: IncidentId, request: Request) -> dict[str, Any]:
         """A person closes a resolved incident (as `runbooks incidents ID --close`)."""
         return await change_status(incident_id, "close", request)
 
     @app.post("/api/v1/incidents/{incident_id}/reopen")
-    async def reopen_incident(incident_id: int, request: Request) -> dict[str, Any]:
+    async def reopen_incident(incident_id: IncidentId, request: Request) -> dict[str, Any]:
         """A person reopens an ended incident (as `runbooks incidents ID --reopen`): triage
         decides again and the escalation clock runs from now."""
         return await change_status(incident_id, "reopen", request)
@@ -311,7 +364,7 @@ def create_app(
 
     @app.post("/api/v1/incidents/{incident_id}/ack")
     async def acknowledge(
-        incident_id: int, request: Request, background: BackgroundTasks
+        incident_id: IncidentId, request: Request, background: BackgroundTasks
     ) -> dict[str, Any]:
         """Somebody has it (as `runbooks ack`): the escalation chain stops. PagerDuty and
         the incident's thread are told after the answer, so that it comes at once."""
@@ -343,10 +396,9 @@ def create_app(
         return {**view, "message": ack.line}
 
     @app.get("/api/v1/incidents/{incident_id}/postmortem")
-    def get_postmortem(request: Request, incident_id: int) -> dict[str, Any]:
+    def get_postmortem(incident_id: IncidentId) -> dict[str, Any]:
         """The stored post-mortem; else built now from the store and not stored (a draft of
         an active incident, or one the postmortem flow has not written yet)."""
-        authorize(request)
         with session_scope(database_url) as s:
             try:
                 incident, facts, labels = gather_postmortem(s, incident_id)
@@ -358,7 +410,7 @@ def create_app(
             return {**report.model_dump(mode="json"), "stored": False}
 
     @app.post("/api/v1/incidents/{incident_id}/postmortem/accept")
-    async def accept_postmortem(incident_id: int, request: Request) -> dict[str, Any]:
+    async def accept_postmortem(incident_id: IncidentId, request: Request) -> dict[str, Any]:
         """A person accepts the post-mortem: the resolved incident closes."""
         body = await body_of(request)
         if not isinstance(body, dict):
@@ -394,7 +446,7 @@ def create_app(
         return await run_in_threadpool(write)
 
     @app.post("/api/v1/incidents/{incident_id}/labels", status_code=201)
-    async def label_incident(incident_id: int, request: Request) -> JSONResponse:
+    async def label_incident(incident_id: IncidentId, request: Request) -> JSONResponse:
         """A person's root cause for the incident (as `runbooks label`): one timeline line."""
         body = await body_of(request)
         try:
@@ -412,8 +464,7 @@ def create_app(
         return JSONResponse(await run_in_threadpool(write), status_code=201)
 
     @app.get("/api/v1/incidents/{incident_id}/labels")
-    def list_labels(request: Request, incident_id: int) -> dict[str, Any]:
-        authorize(request)
+    def list_labels(incident_id: IncidentId) -> dict[str, Any]:
         with session_scope(database_url) as s:
             try:
                 items = [label_view(label) for label in labels_of(s, incident_id)]
@@ -426,7 +477,6 @@ def create_app(
         request: Request, since: str = "30d", until: str | None = None
     ) -> dict[str, Any]:
         """The incident report (runbooks/reporting.py) over those opened in [since, until)."""
-        authorize(request)
         now = utcnow()
         try:
             start = parse_moment("since", since, now)
@@ -450,7 +500,6 @@ def create_app(
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        authorize(request)
         if status not in (None, "firing", "resolved", "suppressed"):
             raise IntakeError(400, f"status {status!r}: use firing, resolved or suppressed")
         with session_scope(database_url) as s:
@@ -480,8 +529,7 @@ def create_app(
             raise IntakeError(422, str(err)) from None
 
     @app.get("/api/v1/silences")
-    def list_silences(request: Request, state: str | None = None) -> dict[str, Any]:
-        authorize(request)
+    def list_silences(state: str | None = None) -> dict[str, Any]:
         try:
             with session_scope(database_url) as s:
                 items = silences.listing(s, state, utcnow())
@@ -490,8 +538,7 @@ def create_app(
         return {"total": len(items), "items": items}
 
     @app.delete("/api/v1/silences/{silence_id}")
-    def expire_silence(request: Request, silence_id: str) -> dict[str, Any]:
-        authorize(request)
+    def expire_silence(silence_id: str) -> dict[str, Any]:
         now = utcnow()
         with session_scope(database_url) as s:
             row = silences.expire(s, silence_id, now)
@@ -500,8 +547,7 @@ def create_app(
             return silences.view(row, now)
 
     @app.get("/api/v1/automation")
-    def automation_status(request: Request) -> dict[str, Any]:
-        authorize(request)
+    def automation_status() -> dict[str, Any]:
         with session_scope(database_url) as s:
             items = [remediation.pause_view(p) for p in remediation.automation_pauses(s)]
         return {"paused": bool(items), "items": items}

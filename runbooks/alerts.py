@@ -70,6 +70,15 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _in_utc(value: datetime | None) -> datetime | None:
+    """In UTC at validation, so that a time that leaves the calendar there is the field's
+    error (it was an OverflowError, a 500: 0001-01-01T00:00:00+01:00)."""
+    try:
+        return None if value is None else _aware(value)
+    except OverflowError:
+        raise ValueError("out of range in UTC; give a time between years 1 and 9999") from None
+
+
 class _AMAlert(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Literal["firing", "resolved"]
@@ -85,6 +94,7 @@ class _AMAlert(BaseModel):
         return None if v in (None, "", _ZERO_TIME) else _rfc3339(v)
 
     _starts = field_validator("startsAt", mode="before")(lambda cls, v: _rfc3339(v))
+    _utc = field_validator("startsAt", "endsAt")(lambda cls, v: _in_utc(v))
 
 
 class _AMWebhook(BaseModel):
@@ -154,6 +164,7 @@ class GenericAlert(BaseModel):
     _times = field_validator("startsAt", "endsAt", mode="before")(
         lambda cls, v: None if v is None else _rfc3339(v)
     )
+    _utc = field_validator("startsAt", "endsAt")(lambda cls, v: _in_utc(v))
 
     def to_alert(self, received: datetime) -> AlertIn:
         labels = {"alertname": self.alertname, "model": self.model, **self.labels}

@@ -317,6 +317,9 @@ class OutboxEvent(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = _ts(default_factory=utcnow)
     last_error: str | None = None
+    # The intake replica sending it, until when (deployments/outbox.py).
+    claimed_by: str | None = None
+    claimed_until: datetime | None = _ts(default=None)
 
     def as_prefect_event(self) -> dict[str, Any]:
         """The body Prefect's `POST /api/events` takes; the id makes a resend harmless."""

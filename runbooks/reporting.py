@@ -51,16 +51,21 @@ def parse_moment(name: str, value: str, now: datetime) -> datetime:
     offset)."""
     text = value.strip()
     m = _DURATION.match(text)
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
     try:
+        if m:
+            return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
         at = datetime.fromisoformat(text)
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:
+        # 99999999d, or 0001-01-01T00:00+01:00 (before year 1 in UTC): a 500 before.
+        raise ReportInputError(
+            f"{name}={value!r}: out of the calendar's range; give a moment between years 1 and 9999"
+        ) from None
     except ValueError:
         raise ReportInputError(
             f"{name}={value!r}: give a duration before now (30d, 24h, 90m) or an ISO "
             "datetime (2026-11-01 or 2026-11-01T08:00:00+00:00)"
         ) from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class Percentiles(BaseModel):

@@ -26,11 +26,38 @@ class Settings(BaseSettings):
         None, description="Policy YAML; empty means the packaged default policy."
     )
     intake_token: str = Field(
-        "", description="Bearer token the intake demands; empty disables auth."
+        "",
+        description="Bearer token of every scope (alert, read, act); with no intake token "
+        "set at all the intake is open.",
+    )
+    intake_alert_token: str = Field(
+        "", description="Bearer token that may only post alerts and incident reports."
+    )
+    intake_read_token: str = Field("", description="Bearer token that may only read (GET).")
+    intake_act_token: str = Field(
+        "",
+        description="Bearer token that may only act: silences, the kill switch, ack, close, "
+        "reopen, labels, post-mortem acceptance.",
+    )
+    intake_rate_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Requests a second each client (valid token, else address) may make "
+        "beyond its burst; 0 turns the limit off. Over it: 429 and Retry-After.",
+    )
+    intake_rate_burst: int = Field(
+        2000, ge=1, description="Requests a client may make at once before the rate applies."
     )
     intake_max_body_bytes: int = Field(1_048_576, description="Larger posts get 413.")
     intake_writers: int = Field(
         2, ge=1, description="Posts written at once on PostgreSQL (SQLite takes one at a time)."
+    )
+    intake_max_pending: int = Field(
+        32,
+        ge=1,
+        description="Alert posts in flight (waiting for a writer or writing) beyond which "
+        "the intake answers 503 with Retry-After at once; under the 40 threads the intake "
+        "has, so that reads and /healthz keep theirs.",
     )
     outbox_retry_seconds: float = Field(
         2.0, description="First delay before an undelivered event is sent again."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,15 +49,23 @@ def build(body: Any, now: datetime) -> sup.Silence:
     extra = sorted(set(body) - known)
     if extra:
         raise SilenceInputError(f"{extra[0]}: not a silence field; use {', '.join(sorted(known))}")
-    starts = _time(body["startsAt"], "startsAt") if body.get("startsAt") else now
     if body.get("endsAt") and body.get("duration"):
         raise SilenceInputError("endsAt, duration: give one of them, not both")
-    if body.get("endsAt"):
-        ends = _time(body["endsAt"], "endsAt")
-    elif body.get("duration"):
-        ends = starts + parse_duration(str(body["duration"]))
-    else:
+    if not body.get("endsAt") and not body.get("duration"):
         raise SilenceInputError("endsAt: missing; give endsAt or a duration such as 2h")
+    try:
+        starts = _time(body["startsAt"], "startsAt") if body.get("startsAt") else now
+        if body.get("endsAt"):
+            ends = _time(body["endsAt"], "endsAt")
+        else:
+            ends = starts + parse_duration(str(body["duration"]))
+        starts, ends = starts.astimezone(UTC), ends.astimezone(UTC)
+    except OverflowError:
+        # A 500 before: 99999999999h, or year 1 or 9999 at an offset that leaves it in UTC.
+        raise SilenceInputError(
+            "startsAt, endsAt, duration: out of the calendar's range; give times between "
+            "years 1 and 9999 in UTC and a duration such as 2h"
+        ) from None
     try:
         return sup.Silence(
             matchers=body.get("matchers") or [],
