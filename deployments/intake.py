@@ -7,6 +7,7 @@ Endpoints are documented in docs/intake.md.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import BackgroundTasks, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, func, select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -43,6 +44,7 @@ from runbooks.postmortem import gather as gather_postmortem
 from runbooks.reporting import ReportInputError, incident_report, parse_moment
 from runbooks.store import migrate, session_scope, writer_slot
 
+log = logging.getLogger("runbooks.intake")
 WRITE_ATTEMPTS = 5
 # Ids are 64-bit signed in the store; a larger one is refused (422), not sent to the
 # driver (which raised OverflowError: a 500).
@@ -182,6 +184,26 @@ def create_app(
     @app.exception_handler(IntakeError)
     async def _intake_error(_r: Request, exc: IntakeError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _store_unreachable(
+        r: Request, exc: OperationalError | InterfaceError
+    ) -> JSONResponse:
+        # PostgreSQL down or restarting ("connection refused", "the database system is
+        # shutting down"): a 503 that Alertmanager retries, at once, instead of a bare 500
+        # and a traceback per request (seen with the store restarted mid-storm).
+        reason = str(getattr(exc, "orig", exc) or type(exc).__name__).strip().splitlines()[0]
+        log.warning("%s %s: the incident store is unreachable: %s", r.method, r.url.path, reason)
+        return JSONResponse(
+            {
+                "error": f"the incident store is unreachable ({reason}); this request did not "
+                "complete: send it again after Retry-After (a resent alert is stored once); "
+                "if it lasts, check the database RUNBOOKS_DATABASE_URL names"
+            },
+            status_code=503,
+            headers={"Retry-After": str(random.randint(1, 5))},
+        )
 
     @app.exception_handler(AlertPayloadError)
     async def _payload_error(_r: Request, exc: AlertPayloadError) -> JSONResponse:

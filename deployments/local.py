@@ -190,3 +190,69 @@ def start_runbooks_serve(
         time.sleep(0.2)
     proc.stop()
     raise RuntimeError(f"deployments not registered after {timeout:.0f} s:\n{proc.tail()}")
+
+
+def start_runbooks_intake(
+    home: Path, env: dict[str, str], port: int, timeout: float = 60, log: str = "intake.log"
+) -> ManagedProcess:
+    """`runbooks serve-intake` alone, ready when /healthz answers (its store migrated)."""
+    root = Path(__file__).resolve().parent.parent
+    proc = ManagedProcess(
+        "runbooks serve-intake",
+        [sys.executable, "-m", "deployments.cli", "serve-intake", "--port", str(port)],
+        env,
+        home / log,
+        cwd=root,
+    )
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/healthz", timeout)
+    except RuntimeError:
+        proc.stop()
+        raise
+    return proc
+
+
+def start_alertmanager(
+    home: Path, receiver: str, timeout: float = 20
+) -> tuple[ManagedProcess, str]:
+    """A prometheus-alertmanager of its own that sends every group to `receiver` (an
+    intake's webhook URL) at once and again each second while it takes new alerts."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        raise RuntimeError(
+            "prometheus-alertmanager is not installed: apt-get install prometheus-alertmanager"
+        )
+    port = free_port()
+    am = home / f"alertmanager-{port}"
+    am.mkdir(parents=True)
+    (am / "alertmanager.yml").write_text(f"""
+route:
+  receiver: runbooks
+  group_by: [alertname, model]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+- name: runbooks
+  webhook_configs:
+  - url: {receiver}
+    send_resolved: true
+""")
+    proc = ManagedProcess(
+        "alertmanager",
+        [
+            binary,
+            f"--config.file={am / 'alertmanager.yml'}",
+            f"--storage.path={am}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        dict(os.environ),
+        am / "alertmanager.log",
+    )
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/-/ready", timeout)
+    except RuntimeError:
+        proc.stop()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
