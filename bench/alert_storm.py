@@ -51,6 +51,7 @@ from deployments.local import (  # noqa: E402
     create_prefect_database,
     drop_prefect_database,
     free_port,
+    machine,
     prefect_env,
     start_prefect_server,
     start_runbooks_serve,
@@ -98,13 +99,6 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    cpu = names[0] if names else "unknown CPU"
-    return f"{os.cpu_count()} x {cpu}"
 
 
 def storm(intakes: list[str], n: int, per_post: int) -> tuple[float, int, int]:

@@ -41,6 +41,7 @@ from deployments.local import (  # noqa: E402
     create_prefect_database,
     drop_prefect_database,
     free_port,
+    machine,
     prefect_env,
     start_prefect_server,
     start_runbooks_serve,
@@ -234,13 +235,6 @@ def first_slack_message(slack: FakeSlack, incident_id: int, m0: float) -> float:
                 return call.at - m0
         time.sleep(0.05)
     raise RuntimeError(f"no Slack message about incident {incident_id} in 30 s")
-
-
-def machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
 
 
 def print_task_runs(api: str, t0: float) -> None:

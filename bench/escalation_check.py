@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The check runs in a flow run's process, with Prefect and the flows imported: that heap is
 # what a garbage collector pass walks, so it is here too.
 import flows.escalation  # noqa: E402,F401
-from deployments.local import PG_ADMIN  # noqa: E402
+from deployments.local import PG_ADMIN, machine  # noqa: E402
 from runbooks import escalation  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice  # noqa: E402
@@ -59,12 +59,6 @@ CONTEXT = {
     "owners": ["alice", "bob"],
     "notes": "x" * 300,
 }
-
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
 
 
 def incident_rows(n: int, history: int, now: datetime, policy: Policy) -> list[dict]:

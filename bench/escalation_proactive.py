@@ -37,15 +37,10 @@ from deployments.local import (  # noqa: E402
     create_prefect_database,
     drop_prefect_database,
     free_port,
+    machine,
     prefect_env,
     start_prefect_server,
 )
-
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
 
 
 def event(name: str, incident: int, at: datetime) -> dict:

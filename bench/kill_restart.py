@@ -30,10 +30,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alert_storm import CountingPrefect, machine  # noqa: E402
+from bench.alert_storm import CountingPrefect  # noqa: E402
 from deployments.local import (  # noqa: E402
     PG_ADMIN,
     free_port,
+    machine,
     start_alertmanager,
     start_runbooks_intake,
 )

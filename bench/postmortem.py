@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN  # noqa: E402
+from deployments.local import PG_ADMIN, machine  # noqa: E402
 from runbooks import postmortem  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import (  # noqa: E402
@@ -45,12 +45,6 @@ from runbooks.store import dispose_all, get_engine, migrate, session_scope  # no
 
 NAMES = ["ModelF1Low", "FeatureDrift", "NullRateHigh", "LatencyHigh", "ErrorRateHigh"]
 OTHERS, OTHER_ALERTS = 100, 100
-
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
 
 
 def incident_row(i: int, now: datetime) -> dict:

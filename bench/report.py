@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN  # noqa: E402
+from deployments.local import PG_ADMIN, machine  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice, RootCauseLabel  # noqa: E402
 from runbooks.reporting import incident_report  # noqa: E402
@@ -46,12 +46,6 @@ CONTEXT = {
     "owners": ["alice", "bob"],
     "notes": "x" * 300,
 }
-
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
 
 
 def rows_of(n: int, now: datetime) -> tuple[list[dict], list[list[str]], list[list[str]]]:

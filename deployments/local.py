@@ -256,3 +256,10 @@ receivers:
         proc.stop()
         raise
     return proc, f"http://127.0.0.1:{port}"
+
+
+def machine() -> str:
+    """The CPUs a figure was measured on, for the benches' first line: "2 x AMD EPYC"."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
