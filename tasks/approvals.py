@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
+import httpx
 from prefect import get_client, pause_flow_run
-from prefect.exceptions import NotPausedError
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout, NotPausedError, PrefectHTTPStatusError
 from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
+from prefect.input.run_input import keyset_from_base_key
 from pydantic import Field
 from sqlmodel import col, select
 
@@ -42,6 +45,8 @@ from tasks.notifications import notify
 PAUSE_GRACE_SECONDS = 120
 # How long the timer lets a resumed run read an answer given before the timeout.
 ANSWER_GRACE_SECONDS = 60
+# Between tries to reach a Prefect server that is away, while a pause waits.
+PREFECT_AWAY_SLEEP_SECONDS = 5
 TIMEOUT_BY = "timeout"
 log = logging.getLogger(__name__)
 
@@ -130,16 +135,15 @@ def _wait_for_allowed_answer(
 ) -> dict:
     deadline = time.monotonic() + timeout + PAUSE_GRACE_SECONDS
     for attempt in range(1000):
-        answer = pause_flow_run(
-            wait_for_input=Approval.with_initial_data(
+        answer = _pause_for_answer(
+            Approval.with_initial_data(
                 description=f"{description}\n\nMay approve: {', '.join(allowed) or 'nobody'}",
                 approve=False,
                 approver="",
                 comment="",
             ),
-            timeout=max(1, int(deadline - time.monotonic())),
-            poll_interval=1,
-            key=f"approval-{approval_id}-{attempt}",
+            deadline,
+            f"approval-{approval_id}-{attempt}",
         )
         row = store.read_approval(approval_id)
         if row["status"] != "pending":
@@ -153,6 +157,62 @@ def _wait_for_allowed_answer(
             approval_id, "answer refused: " + refusal(answer.approver, allowed, model, severity)
         )
     raise RuntimeError(f"approval {approval_id}: 1000 refused answers; stopping")
+
+
+def _pause_for_answer(form: type[Approval], deadline: float, key: str) -> Approval:
+    """The pause's answer, waiting through a Prefect server that is away (a restart).
+
+    While paused, Prefect's pause reads the run every second; when the server stays away
+    longer than the client's retries (PREFECT_CLIENT_MAX_RETRIES=5: about 62 s) that read
+    raises, and the run would end Failed with its approval orphaned. Here the wait goes on
+    as Prefect's does, on the same pause key, once the server answers again."""
+    while True:
+        try:
+            return pause_flow_run(
+                wait_for_input=form,
+                timeout=max(1, int(deadline - time.monotonic())),
+                poll_interval=1,
+                key=key,
+            )
+        except (httpx.TransportError, PrefectHTTPStatusError) as err:
+            if not _server_away(err) or time.monotonic() >= deadline:
+                raise
+            log.warning("Prefect server away while waiting for approval (%s); waiting on", err)
+        answer = _wait_on_pause(form, deadline, key)
+        if answer is not None:
+            return answer  # else the pause never reached the server: pause again
+
+
+def _server_away(err: BaseException) -> bool:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return isinstance(err, httpx.TransportError) or (status is not None and status >= 500)
+
+
+def _wait_on_pause(form: type[Approval], deadline: float, key: str) -> Approval | None:
+    """Wait on the pause `key` as pause_flow_run does: the answer once the run is Running
+    again, None when the pause never took (the server went away before it)."""
+    run_id = FlowRunContext.get().flow_run.id
+    while time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(run_id)
+        except (httpx.TransportError, PrefectHTTPStatusError) as err:
+            if not _server_away(err):
+                raise
+            time.sleep(PREFECT_AWAY_SLEEP_SECONDS)
+            continue
+        state = run.state
+        if state is not None and state.is_paused():
+            time.sleep(1)
+            continue
+        if state is not None and state.is_running():
+            if key not in (run.empirical_policy.pause_keys or set()):
+                return None
+            return form.load(keyset_from_base_key(f"paused-{key}"), flow_run_id=run_id)
+        raise RuntimeError(
+            f"flow run {run_id} left its approval pause for {state.type.value if state else None}"
+        )
+    raise FlowPauseTimeout("Flow run was paused and never resumed.")
 
 
 class _TimeoutTimer(threading.Thread):

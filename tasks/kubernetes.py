@@ -5,6 +5,8 @@ Each task is one API call, named after it, with a timeout; transient faults retr
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -133,13 +135,45 @@ def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 404
 
 
+# Kubernetes' own words for a 403, in the Status's message: `services "fraud" is forbidden:
+# User "system:serviceaccount:ml-runbooks:ml-runbooks-flows" cannot patch resource
+# "services" in API group "" in the namespace "ml-prod"`.
+_FORBIDDEN = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)"'
+    r'(?: in API group "(?P<group>[^"]*)")?(?: in the namespace "(?P<namespace>[^"]+)")?'
+)
+
+
+def _forbidden(exc: ApiException) -> str:
+    """What a 403 forbade and the RBAC rule that allows it."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        message = ""
+    found = _FORBIDDEN.search(message)
+    if found is None:
+        return (
+            "the runbook's service account lacks RBAC for this verb and resource"
+            + (f" ({message})" if message else "")
+            + "; grant it in the namespace's Role (deployments/k8s/manifests/flow-runs-rbac.yaml)"
+        )
+    f = found.groupdict()
+    group = f["group"] or ""
+    where = f" in namespace {f['namespace']}" if f["namespace"] else ""
+    return (
+        f"{f['user']} may not {f['verb']} {f['resource']}{where}; the service account's RBAC "
+        f'needs a rule apiGroups: ["{group}"], resources: ["{f["resource"]}"], verbs: '
+        f'["{f["verb"]}"] (deployments/k8s/manifests/flow-runs-rbac.yaml)'
+    )
+
+
 def describe_error(exc: BaseException) -> str | None:
     """A Kubernetes API failure in words a human can act on; None when it is not one."""
     if isinstance(exc, ApiException):
+        if exc.status == 403:
+            return f"Kubernetes API 403 {exc.reason}: {_forbidden(exc)}"
         hint = {
             401: "the runbook's credentials were not accepted; check the kubeconfig or token",
-            403: "the runbook's service account lacks RBAC for this verb; grant it in the "
-            "namespace's Role (see docs/)",
             404: "the object does not exist; check the policy's target names",
             409: "the object changed underneath; the next run reads it again",
         }.get(exc.status, "retried with backoff and still failing" if exc.status else "")

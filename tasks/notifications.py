@@ -534,7 +534,8 @@ def _record(job: _Job, d: Delivery, thread: str | None) -> None:
             fallback = job.policy.notifications.fallback.get(_kind_of(d.channel))
             sev = job.incident.severity or job.policy.default_severity
             listed = {_kind_of(c) for c in job.policy.routing.channels.get(sev, [])}
-            then = f"; trying {fallback} instead" if fallback and fallback not in listed else ""
+            carried = fallback is not None and job.kind in CARRIES.get(fallback, set())
+            then = f"; trying {fallback} instead" if carried and fallback not in listed else ""
             add_timeline(
                 s,
                 job.incident.id,
