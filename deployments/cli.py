@@ -196,7 +196,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
                 body["startsAt"] = args.start
             data = intake.add_silence(body)
         elif args.action == "expire":
-            data = intake.expire_silence(args.id)
+            data = intake.expire_silence(args.id, args.by)
         else:
             data = intake.list_silences(args.state)
     except IntakeUnreachable as err:
@@ -499,6 +499,9 @@ def parser() -> argparse.ArgumentParser:
     sq.add_argument("--state", default="active", help="active, pending, expired or all")
     se = ssub.add_parser("expire", help="end a silence now")
     se.add_argument("id")
+    se.add_argument(
+        "--by", default=os.environ.get("USER", ""), help="who expires it (default: $USER)"
+    )
     sil.set_defaults(func=cmd_silence)
 
     sub.add_parser(

@@ -33,6 +33,7 @@ from runbooks.alerts import (
     parse_generic,
     parse_report,
 )
+from runbooks.changes import recent_changes
 from runbooks.escalation import NoSuchIncident, acknowledge_incident
 from runbooks.incidents import IncidentStateError, add_timeline, close, reopen
 from runbooks.ingest import IngestResult, ingest, open_reported_incident
@@ -560,13 +561,23 @@ def create_app(
         return {"total": len(items), "items": items}
 
     @app.delete("/api/v1/silences/{silence_id}")
-    def expire_silence(silence_id: str) -> dict[str, Any]:
+    def expire_silence(silence_id: str, by: str = "") -> dict[str, Any]:
+        """Expire a silence now; `?by=NAME` says who (kept as a change record)."""
         now = utcnow()
         with session_scope(database_url) as s:
-            row = silences.expire(s, silence_id, now)
+            row = silences.expire(s, silence_id, now, by.strip())
             if row is None:
                 raise IntakeError(404, f"no silence {silence_id}; list them at /api/v1/silences")
             return silences.view(row, now)
+
+    @app.get("/api/v1/changes")
+    def list_changes(limit: int = 50) -> dict[str, Any]:
+        """Who added or expired silences and switched the kill switch, newest first."""
+        if not 1 <= limit <= 500:
+            raise IntakeError(422, f"limit: between 1 and 500, got {limit}")
+        with session_scope(database_url) as s:
+            rows = recent_changes(s, limit)
+            return {"items": [r.model_dump(mode="json") for r in rows]}
 
     @app.get("/api/v1/automation")
     def automation_status() -> dict[str, Any]:

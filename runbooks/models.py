@@ -277,6 +277,18 @@ class AutomationPause(SQLModel, table=True):
     paused_at: datetime = _ts(default_factory=utcnow)
 
 
+class ChangeRecord(SQLModel, table=True):
+    """A person's change that belongs to no one incident (a silence added or expired, the
+    kill switch): who, when, what. Changes to an incident are on its timeline."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(default_factory=utcnow, index=True)
+    by: str
+    action: str  # silence.add | silence.expire | automation.pause | automation.resume
+    subject: str  # the silence id, the model ("*": every model)
+    detail: dict[str, Any] = _json(default_factory=dict)
+
+
 class Notification(SQLModel, table=True):
     """One message to one channel about one incident, sent or given up on. The first Slack
     message of an incident is its thread: every later one replies to its `external_id`."""

@@ -13,6 +13,7 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from runbooks.changes import record_change
 from runbooks.incidents import IncidentStateError, add_timeline
 from runbooks.models import (
     ACTIVE_STATUSES,
@@ -185,6 +186,13 @@ def switch_automation(
         if not resume_automation(session, model):
             raise NotPaused(f"automation was not paused for {scope}")
         line = f"automation resumed for {scope} by {by}"
+    record_change(
+        session,
+        by,
+        "automation.pause" if pause else "automation.resume",
+        model or EVERY_MODEL,
+        {"comment": comment} if pause else {},
+    )
     q = select(Incident).where(col(Incident.status).in_(ACTIVE_STATUSES))
     if model:
         q = q.where(Incident.model == model)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from runbooks import suppression as sup
+from runbooks.changes import record_change
 from runbooks.models import Silence as SilenceRow
 from runbooks.models import utcnow
 
@@ -92,6 +93,17 @@ def add(session: Session, silence: sup.Silence) -> SilenceRow:
         comment=silence.comment,
     )
     session.add(row)
+    record_change(
+        session,
+        silence.created_by,
+        "silence.add",
+        silence.id,
+        {
+            "matchers": row.matchers,
+            "ends_at": silence.ends_at.isoformat(),
+            "comment": silence.comment,
+        },
+    )
     return row
 
 
@@ -129,11 +141,14 @@ def listing(session: Session, state: str | None, now: datetime) -> list[dict[str
     return views
 
 
-def expire(session: Session, silence_id: str, now: datetime | None = None) -> SilenceRow | None:
+def expire(
+    session: Session, silence_id: str, now: datetime | None = None, by: str = ""
+) -> SilenceRow | None:
     row = session.get(SilenceRow, silence_id)
     if row is None:
         return None
     done = sup.expire(to_model(row), now or utcnow())
     row.starts_at, row.ends_at = done.starts_at, done.ends_at
     session.add(row)
+    record_change(session, by, "silence.expire", silence_id, {"ends_at": row.ends_at.isoformat()})
     return row

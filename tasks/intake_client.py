@@ -138,8 +138,9 @@ class IntakeClient:
     def list_silences(self, state: str) -> dict[str, Any]:
         return self.call("GET", "/api/v1/silences", params={"state": state})
 
-    def expire_silence(self, silence_id: str) -> dict[str, Any]:
-        return self.call("DELETE", f"/api/v1/silences/{silence_id}")
+    def expire_silence(self, silence_id: str, by: str = "") -> dict[str, Any]:
+        params = {"by": by} if by else {}
+        return self.call("DELETE", f"/api/v1/silences/{silence_id}", params=params)
 
     def add_label(self, incident_id: int, label: dict[str, Any]) -> dict[str, Any]:
         """A root-cause label (runbooks/labels.py); the stored label."""
