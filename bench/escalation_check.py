@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The check runs in a flow run's process, with Prefect and the flows imported: that heap is
 # what a garbage collector pass walks, so it is here too.
 import flows.escalation  # noqa: E402,F401
-from deployments.local import PG_ADMIN, machine  # noqa: E402
+from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
 from runbooks import escalation  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice  # noqa: E402
 from runbooks.policy import Policy, load_policy  # noqa: E402
 from runbooks.routing import route  # noqa: E402
-from runbooks.store import dispose_all, get_engine, migrate, session_scope  # noqa: E402
+from runbooks.store import get_engine, migrate, session_scope  # noqa: E402
 from runbooks.taxonomy import Classification  # noqa: E402
 
 ACTIVE = ["open", "triaged", "investigating", "mitigated"]
@@ -219,17 +218,8 @@ def main() -> None:
     print(f"escalation check on {machine()}, target <= 200 ms over 10,000 active incidents")
     try:
         run("sqlite", f"sqlite:///{home / 'incidents.db'}", args, policy)
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(args.postgres)
-        with admin.begin() as c:
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.postgres else "?"
-        try:
-            run("postgresql", f"{args.postgres}{sep}options=-csearch_path%3D{schema}", args, policy)
-        finally:
-            dispose_all()
-            with admin.begin() as c:
-                c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with pg_schema(args.postgres) as url:
+            run("postgresql", url, args, policy)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

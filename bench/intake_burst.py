@@ -11,7 +11,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN, ManagedProcess, free_port  # noqa: E402
+from deployments.local import ManagedProcess, free_port, pg_schema  # noqa: E402
 from runbooks.store import get_engine  # noqa: E402
 
 CONNECTIONS = 4
@@ -86,15 +85,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="runbooks-burst-"))
     try:
         run("sqlite", f"sqlite:///{home / 'incidents.db'}", n, home)
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_ADMIN)
-        with admin.begin() as c:
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        try:
-            run("postgresql", f"{PG_ADMIN}?options=-csearch_path%3D{schema}", n, home)
-        finally:
-            with admin.begin() as c:
-                c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with pg_schema() as url:
+            run("postgresql", url, n, home)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

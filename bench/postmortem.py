@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN, machine  # noqa: E402
+from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
 from runbooks import postmortem  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import (  # noqa: E402
@@ -41,7 +40,7 @@ from runbooks.models import (  # noqa: E402
     TimelineEvent,
 )
 from runbooks.policy import Policy, load_policy  # noqa: E402
-from runbooks.store import dispose_all, get_engine, migrate, session_scope  # noqa: E402
+from runbooks.store import get_engine, migrate, session_scope  # noqa: E402
 
 NAMES = ["ModelF1Low", "FeatureDrift", "NullRateHigh", "LatencyHigh", "ErrorRateHigh"]
 OTHERS, OTHER_ALERTS = 100, 100
@@ -214,17 +213,8 @@ def main() -> None:
     print(f"post-mortem on {machine()}, target <= 1 s for gather + build + to_markdown")
     try:
         run("sqlite", f"sqlite:///{home / 'incidents.db'}", args, policy)
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(args.postgres)
-        with admin.begin() as c:
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.postgres else "?"
-        try:
-            run("postgresql", f"{args.postgres}{sep}options=-csearch_path%3D{schema}", args, policy)
-        finally:
-            dispose_all()
-            with admin.begin() as c:
-                c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with pg_schema(args.postgres) as url:
+            run("postgresql", url, args, policy)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,11 +28,11 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN, machine  # noqa: E402
+from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice, RootCauseLabel  # noqa: E402
 from runbooks.reporting import incident_report  # noqa: E402
-from runbooks.store import dispose_all, get_engine, migrate, session_scope  # noqa: E402
+from runbooks.store import get_engine, migrate, session_scope  # noqa: E402
 
 CAUSES = ["bad_deployment", "feature_drift", "data_quality", "stale_features", "infrastructure"]
 SLA_MINUTES = {"P1": (5, 10, 120), "P2": (15, 30, 480), "P3": (60, 240, 1440)}
@@ -186,17 +185,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="runbooks-report-"))
     print(f"incident report on {machine()}, target <= 1 s over 100,000 incidents on PostgreSQL")
     try:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(args.postgres)
-        with admin.begin() as c:
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.postgres else "?"
-        try:
-            run("postgresql", f"{args.postgres}{sep}options=-csearch_path%3D{schema}", args)
-        finally:
-            dispose_all()
-            with admin.begin() as c:
-                c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with pg_schema(args.postgres) as url:
+            run("postgresql", url, args)
         if not args.no_sqlite:
             run("sqlite", f"sqlite:///{home / 'incidents.db'}", args)
     finally:

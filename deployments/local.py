@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -263,3 +264,27 @@ def machine() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return f"{os.cpu_count()} x {names[0] if names else 'unknown CPU'}"
+
+
+@contextlib.contextmanager
+def pg_schema(admin_url: str = PG_ADMIN, prefix: str = "bench") -> Iterator[str]:
+    """A throwaway PostgreSQL schema for a bench: the URL of a store inside it, dropped
+    (with every connection to it closed) on the way out."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from runbooks.store import dispose_all
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url)
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in admin_url else "?"
+    try:
+        yield f"{admin_url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        dispose_all()
+        with admin.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
