@@ -114,7 +114,9 @@ def test_second_incident_of_a_model_waits_for_lock_and_cooldown(stack: dict, kub
     holder = open_incident("pricing")
     other = open_incident("pricing")
     with session_scope(url) as s:
-        remediation.acquire_lock(s, "pricing", holder, "a running containment", 60)
+        # A lease far longer than the test: a stall of the session's Prefect server (one of
+        # 60 s was seen on CI) must not let the lock lapse before contain() meets it.
+        remediation.acquire_lock(s, "pricing", holder, "a running containment", 900)
     # The test policy waits 1 s for the lock, then hands the incident to a human.
     assert contain(ContainmentRequest(incident_id=other)) == "locked"
     messages = timeline_of(other)
