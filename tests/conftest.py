@@ -23,6 +23,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 from deployments.local import (  # noqa: E402
     ManagedProcess,
+    create_prefect_database,
+    drop_prefect_database,
     free_port,
     prefect_env,
     start_prefect_server,
@@ -228,6 +230,12 @@ def stack(kube: KubeEmulator, sandbox, slack: FakeSlack) -> Iterator[dict]:  # t
         "RUNBOOKS_SLACK_BASE_URL": slack.base_url,
     }
     write_policy(SESSION_HOME / "policy.yaml", kube.url, f"{sandbox.url}/metrics")
+    # Prefect's own store on PostgreSQL where there is one (CI has): on SQLite the session's
+    # server, under every test's runs and the minutely sweep, once stalled a state change
+    # for about a minute ("database is locked" retries), and tests waited out their leases.
+    prefect_db = f"prefect_tests_{PREFECT_PORT}" if _pg_available() else None
+    if prefect_db:
+        create_prefect_database(env, prefect_db)
     server = start_prefect_server(SESSION_HOME, env, PREFECT_PORT)
     serve = None
     try:
@@ -243,6 +251,8 @@ def stack(kube: KubeEmulator, sandbox, slack: FakeSlack) -> Iterator[dict]:  # t
         if serve is not None:
             serve.stop()
         server.stop()
+        if prefect_db:
+            drop_prefect_database(prefect_db)
 
 
 @pytest.fixture(scope="session")
