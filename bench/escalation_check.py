@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The check runs in a flow run's process, with Prefect and the flows imported: that heap is
 # what a garbage collector pass walks, so it is here too.
 import flows.escalation  # noqa: E402,F401
-from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
+from deployments.local import PG_ADMIN, machine, p99, pg_schema  # noqa: E402
 from runbooks import escalation  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice  # noqa: E402
@@ -177,10 +177,6 @@ def measure(
         with session_scope(url) as s:
             read = len(escalation.watched(s))
     return walls, cpus, due, read
-
-
-def p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
 
 
 def run(label: str, url: str, args: argparse.Namespace, policy: Policy) -> None:

@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
+from deployments.local import PG_ADMIN, machine, p99, pg_schema  # noqa: E402
 from runbooks import postmortem  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import (  # noqa: E402
@@ -178,10 +178,6 @@ def measure(url: str, incident_id: int, policy: Policy, runs: int) -> dict[str, 
             times[key].append(dt)
         times["total"].append(t3 - t0)
     return times
-
-
-def p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
 
 
 def run(label: str, url: str, args: argparse.Namespace, policy: Policy) -> None:

@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.local import PG_ADMIN, machine, pg_schema  # noqa: E402
+from deployments.local import PG_ADMIN, machine, p99, pg_schema  # noqa: E402
 from runbooks.bulk import insert_rows  # noqa: E402
 from runbooks.models import Incident, IncidentNotice, RootCauseLabel  # noqa: E402
 from runbooks.reporting import incident_report  # noqa: E402
@@ -138,10 +138,6 @@ def fill(url: str, n: int, now: datetime) -> tuple[int, int, float]:
         # Fresh statistics, as autovacuum would have them after a day of traffic.
         s.execute(sa.text("ANALYZE"))
     return len(notices), len(labels), time.perf_counter() - t0
-
-
-def p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
 
 
 def run(label: str, url: str, args: argparse.Namespace) -> None:

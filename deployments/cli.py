@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _prefect_defaults() -> None:
@@ -179,6 +180,27 @@ def _intake(url: str):  # type: ignore[no-untyped-def]
     return IntakeClient(url, url_from="--url or RUNBOOKS_INTAKE_URL", timeout=10)
 
 
+class _Told(Exception):
+    """The command said what went wrong on stderr; main() exits with `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _ask(call: Callable[[], Any]) -> Any:
+    """`call`'s answer from the intake; an intake that does not answer or refuses is one
+    line on stderr and exit 1."""
+    from tasks.intake_client import IntakeRefused, IntakeUnreachable
+
+    try:
+        return call()
+    except IntakeUnreachable as err:
+        print(err, file=sys.stderr)
+    except IntakeRefused as err:
+        print(err.error, file=sys.stderr)
+    raise _Told(1)
+
+
 def cmd_silence(args: argparse.Namespace) -> int:
     """Like amtool silence: the intake's silences API from the shell."""
     from tasks.intake_client import IntakeRefused, IntakeUnreachable
@@ -221,26 +243,17 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from tasks.intake_client import IntakeRefused, IntakeUnreachable
-
     intake = _intake(args.url)
     change = "close" if args.close else "reopen" if args.reopen else None
     if change and (not args.id or not args.by):
         print(f"--{change} needs the incident's id and --by NAME", file=sys.stderr)
         return 2
-    try:
-        if change:
-            done = intake.change_status(args.id, change, args.by, args.why or "")
-            last = done["incident"]["timeline"][-1]["message"] if done["changed"] else ""
-            print(last or f"incident {args.id} is {done['incident']['status']}; nothing changed")
-            return 0
-        data = intake.get_incident(args.id) if args.id else intake.list_incidents()
-    except IntakeUnreachable as err:
-        print(err, file=sys.stderr)
-        return 1
-    except IntakeRefused as err:
-        print(err.error, file=sys.stderr)
-        return 1
+    if change:
+        done = _ask(lambda: intake.change_status(args.id, change, args.by, args.why or ""))
+        last = done["incident"]["timeline"][-1]["message"] if done["changed"] else ""
+        print(last or f"incident {args.id} is {done['incident']['status']}; nothing changed")
+        return 0
+    data = _ask(lambda: intake.get_incident(args.id) if args.id else intake.list_incidents())
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.id:
@@ -258,27 +271,18 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """A root cause for an incident, or its labels with --list, through the intake."""
-    from tasks.intake_client import IntakeRefused, IntakeUnreachable
-
     if not args.list and (not args.root_cause or not args.by):
         print("label needs --root-cause CAUSE and --by NAME (or --list)", file=sys.stderr)
         return 2
     intake = _intake(args.url)
-    try:
-        if args.list:
-            data = intake.list_labels(args.id)
-        else:
-            body = {"root_cause": args.root_cause, "labeled_by": args.by}
-            body |= {"component": args.component or "", "comment": args.comment or ""}
-            if args.confidence is not None:
-                body["confidence"] = args.confidence
-            data = intake.add_label(args.id, body)
-    except IntakeUnreachable as err:
-        print(err, file=sys.stderr)
-        return 1
-    except IntakeRefused as err:
-        print(err.error, file=sys.stderr)
-        return 1
+    if args.list:
+        data = _ask(lambda: intake.list_labels(args.id))
+    else:
+        body = {"root_cause": args.root_cause, "labeled_by": args.by}
+        body |= {"component": args.component or "", "comment": args.comment or ""}
+        if args.confidence is not None:
+            body["confidence"] = args.confidence
+        data = _ask(lambda: intake.add_label(args.id, body))
     for v in data["items"] if args.list else [data]:
         print(
             f"{v['at'][:19]}  {v['root_cause']}  {v['component'] or '-'}  "
@@ -291,16 +295,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """The incident report from the intake: a table per severity and per model, or JSON."""
     from runbooks.reporting import format_report
-    from tasks.intake_client import IntakeRefused, IntakeUnreachable
 
-    try:
-        data = _intake(args.url).report(args.since, args.until)
-    except IntakeUnreachable as err:
-        print(err, file=sys.stderr)
-        return 1
-    except IntakeRefused as err:
-        print(err.error, file=sys.stderr)
-        return 1
+    data = _ask(lambda: _intake(args.url).report(args.since, args.until))
     print(json.dumps(data, indent=2) if args.json else format_report(data))
     return 0
 
@@ -308,24 +304,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_postmortem(args: argparse.Namespace) -> int:
     """An incident's post-mortem from the intake (markdown, or --json); --accept closes it."""
     from runbooks.postmortem import PostMortem
-    from tasks.intake_client import IntakeRefused, IntakeUnreachable
 
     if args.accept and not args.by:
         print("--accept needs --by NAME: who accepts the post-mortem", file=sys.stderr)
         return 2
     intake = _intake(args.url)
-    try:
-        if args.accept:
-            view = intake.accept_postmortem(args.id, args.by)
-            print(f"incident {args.id} is {view['status']}: {view['timeline'][-1]['message']}")
-            return 0
-        data = intake.get_postmortem(args.id)
-    except IntakeUnreachable as err:
-        print(err, file=sys.stderr)
-        return 1
-    except IntakeRefused as err:
-        print(err.error, file=sys.stderr)
-        return 1
+    if args.accept:
+        view = _ask(lambda: intake.accept_postmortem(args.id, args.by))
+        print(f"incident {args.id} is {view['status']}: {view['timeline'][-1]['message']}")
+        return 0
+    data = _ask(lambda: intake.get_postmortem(args.id))
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -516,7 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["diagnose"]:
         return cmd_diagnose(argv[1:])
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _Told as told:
+        return told.code
 
 
 if __name__ == "__main__":

@@ -259,6 +259,11 @@ receivers:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def p99(values: list[float]) -> float:
+    """The benches' 99th percentile: the sample at that rank (no interpolation)."""
+    return sorted(values)[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+
+
 def machine() -> str:
     """The CPUs a figure was measured on, for the benches' first line: "2 x AMD EPYC"."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
