@@ -253,6 +253,23 @@ def create_app(
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise IntakeError(400, f"body is not valid JSON: {err}") from None
 
+    async def person_body(request: Request, doing: str, why: bool = False) -> dict[str, Any]:
+        """A person's request body: {"by": NAME} (and "why" when `why`); 422 naming the
+        field otherwise. `doing` finishes "say who ...". "by" comes back stripped."""
+        body = await body_of(request)
+        fields = {"by", "why"} if why else {"by"}
+        example = '{"by": "alice", "why": "..."}' if why else '{"by": "alice"}'
+        if not isinstance(body, dict):
+            raise IntakeError(422, f"body must be an object like {example}, got {body!r}")
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            takes = 'takes "by" and "why"' if why else 'takes only "by"'
+            raise IntakeError(422, f"unknown fields {unknown}; this {takes}")
+        by = body.get("by")
+        if not isinstance(by, str) or not by.strip():
+            raise IntakeError(422, f'by: say who {doing}, e.g. {{"by": "alice"}}; got {by!r}')
+        return {**body, "by": by.strip()}
+
     def store(alerts: list[AlertIn]) -> IngestResult:
         result = store_alerts(database_url, alerts, policy, writers)
         if deliverer is not None:
@@ -354,17 +371,8 @@ def create_app(
 
     async def change_status(incident_id: int, change: str, request: Request) -> dict[str, Any]:
         """Each change on the timeline with who and why; doing it twice changes nothing."""
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            raise IntakeError(
-                422, f'body must be an object like {{"by": "alice", "why": "..."}}, got {body!r}'
-            )
-        unknown = sorted(set(body) - {"by", "why"})
-        if unknown:
-            raise IntakeError(422, f'unknown fields {unknown}; this takes "by" and "why"')
-        by, why = body.get("by"), body.get("why") or f"{change}d by hand"
-        if not isinstance(by, str) or not by.strip():
-            raise IntakeError(422, f'by: say who does it, e.g. {{"by": "alice"}}; got {by!r}')
+        body = await person_body(request, "does it", why=True)
+        by, why = body["by"], body.get("why") or f"{change}d by hand"
         if not isinstance(why, str):
             raise IntakeError(422, f"why: a sentence, got {why!r}")
 
@@ -374,7 +382,7 @@ def create_app(
                 if incident is None:
                     raise IntakeError(404, f"no incident {incident_id}")
                 try:
-                    changed = STATUS_CHANGES[change](s, incident, by.strip(), why)
+                    changed = STATUS_CHANGES[change](s, incident, by, why)
                 except IncidentStateError as err:
                     raise IntakeError(409, str(err)) from None
                 s.flush()
@@ -391,15 +399,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Somebody has it (as `runbooks ack`): the escalation chain stops. PagerDuty and
         the incident's thread are told after the answer, so that it comes at once."""
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            raise IntakeError(422, f'body must be an object like {{"by": "alice"}}, got {body!r}')
-        unknown = sorted(set(body) - {"by"})
-        if unknown:
-            raise IntakeError(422, f'unknown fields {unknown}; this takes only "by"')
-        by = body.get("by")
-        if not isinstance(by, str) or not by.strip():
-            raise IntakeError(422, f'by: say who acknowledges, e.g. {{"by": "alice"}}; got {by!r}')
+        by = (await person_body(request, "acknowledges"))["by"]
 
         def write() -> tuple[Any, dict[str, Any]]:
             with session_scope(database_url) as s:
@@ -435,16 +435,7 @@ def create_app(
     @app.post("/api/v1/incidents/{incident_id}/postmortem/accept")
     async def accept_postmortem(incident_id: IncidentId, request: Request) -> dict[str, Any]:
         """A person accepts the post-mortem: the resolved incident closes."""
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            raise IntakeError(422, f'body must be an object like {{"by": "alice"}}, got {body!r}')
-        unknown = sorted(set(body) - {"by"})
-        if unknown:
-            raise IntakeError(422, f'unknown fields {unknown}; this takes only "by"')
-        by = body.get("by")
-        if not isinstance(by, str) or not by.strip():
-            raise IntakeError(422, f'by: say who accepts it, e.g. {{"by": "alice"}}; got {by!r}')
-        by = by.strip()
+        by = (await person_body(request, "accepts it"))["by"]
 
         def write() -> dict[str, Any]:
             with session_scope(database_url) as s:
