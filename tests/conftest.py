@@ -22,11 +22,11 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="runbooks-tests-"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 from deployments.local import (  # noqa: E402
-    ManagedProcess,
     create_prefect_database,
     drop_prefect_database,
     free_port,
     prefect_env,
+    start_alertmanager,
     start_prefect_server,
     start_runbooks_serve,
 )
@@ -257,43 +257,14 @@ def stack(kube: KubeEmulator, sandbox, slack: FakeSlack) -> Iterator[dict]:  # t
 
 @pytest.fixture(scope="session")
 def alertmanager(stack: dict) -> Iterator[str]:
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
+    if not (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
         pytest.fail(
             "prometheus-alertmanager is not installed: apt-get install "
             "prometheus-alertmanager (the .ci/run script does)"
         )
-    port = free_port()
-    home = SESSION_HOME / "alertmanager"
-    home.mkdir(exist_ok=True)
-    (home / "alertmanager.yml").write_text(f"""
-route:
-  receiver: runbooks
-  group_by: [alertname, model]
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-- name: runbooks
-  webhook_configs:
-  - url: {stack["intake"]}/api/v1/alerts/alertmanager
-    send_resolved: true
-""")
-    proc = ManagedProcess(
-        "alertmanager",
-        [
-            binary,
-            f"--config.file={home / 'alertmanager.yml'}",
-            f"--storage.path={home}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        dict(os.environ),
-        home / "alertmanager.log",
-    )
+    proc, url = start_alertmanager(SESSION_HOME, f"{stack['intake']}/api/v1/alerts/alertmanager")
     try:
-        proc.wait_http(f"http://127.0.0.1:{port}/-/ready", 20)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         proc.stop()
 
