@@ -192,6 +192,12 @@ class GenericAlert(BaseModel):
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def onset_of(alert: AlertIn) -> datetime | None:
+    """When the problem the alert reports began: its startsAt; None for a generic alert
+    sent without one (its starts_at is the dedup placeholder, not a moment)."""
+    return None if alert.starts_at == _EPOCH else _aware(alert.starts_at)
+
+
 def parse_generic(body: Any, received: datetime) -> list[AlertIn]:
     items = body if isinstance(body, list) else [body]
     if not items:

@@ -25,7 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
 from runbooks import suppression as sup
-from runbooks.alerts import AlertIn, fingerprint_of
+from runbooks.alerts import AlertIn, fingerprint_of, onset_of
 from runbooks.bulk import insert_rows
 from runbooks.events import enqueue_event
 from runbooks.incidents import IncidentStateError, add_timeline, is_active, reopen, transition
@@ -846,7 +846,7 @@ def _create_incident(
         source=a.source,
         type=c.type,
         category=c.category,
-        onset_at=_aware(a.starts_at),
+        onset_at=onset_of(a),
     ).model_dump(exclude={"id"}, exclude_none=True)
     session.flush()
     # ON CONFLICT DO NOTHING: when a concurrent post opened this group a moment ago, join
@@ -929,7 +929,7 @@ def open_reported_incident(
         type=incident_type,
         source="manual",
         description=description,
-        onset_at=_aware(a.starts_at),
+        onset_at=onset_of(a),
     )
     session.add(incident)
     session.flush()

@@ -269,3 +269,22 @@ def test_timestamps_come_back_timezone_aware(db_url: str) -> None:
         alert = s.exec(select(Alert)).first()
         assert alert.starts_at == datetime(2026, 11, 22, 19, 42, 36, tzinfo=UTC)
         assert alert.received_at.tzinfo is not None
+
+
+def test_a_generic_alert_without_starts_at_leaves_the_onset_unknown(db_url: str) -> None:
+    """Its starts_at is the dedup placeholder (1970), not when the problem began: time to
+    detect is then unknown, not 56 years."""
+    from runbooks.alerts import parse_generic
+    from runbooks.metrics import response_times
+
+    now = datetime.now(UTC)
+    without = parse_generic({"model": "m-onset", "alertname": "F1Low"}, now)
+    began = parse_generic(
+        {"model": "m-onset", "alertname": "Drift", "startsAt": "2026-12-04T10:00:00Z"}, now
+    )
+    with session_scope(db_url) as s:
+        [a] = ingest_alerts(s, without, POLICY).incident_ids
+        [b] = ingest_alerts(s, began, POLICY).incident_ids
+        assert s.get(Incident, a).onset_at is None
+        assert response_times(s.get(Incident, a))["time_to_detect"] is None
+        assert s.get(Incident, b).onset_at == datetime(2026, 12, 4, 10, tzinfo=UTC)

@@ -22,10 +22,11 @@ def upgrade() -> None:
         b.add_column(sa.Column("postmortem_accepted_by", sa.String(), nullable=True))
     # The report reads incidents by when they opened.
     op.create_index("ix_incident_opened_at", "incident", ["opened_at"])
-    # What was there: onset from each incident's first alert.
+    # What was there: onset from each incident's first alert that carried a startsAt (a
+    # generic alert without one is stored at 1970-01-01, the dedup placeholder).
     op.execute(
         "UPDATE incident SET onset_at = (SELECT min(alert.starts_at) FROM alert "
-        "WHERE alert.incident_id = incident.id)"
+        "WHERE alert.incident_id = incident.id AND alert.starts_at > '1970-01-02')"
     )
     op.create_table(
         "rootcauselabel",
