@@ -41,6 +41,7 @@ from runbooks.labels import LabelInputError, add_label, label_view, labels_of, p
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
 from runbooks.postmortem import build as build_postmortem
+from runbooks.postmortem import redraft as redraft_postmortem
 from runbooks.postmortem import gather as gather_postmortem
 from runbooks.reporting import ReportInputError, incident_report, parse_moment
 from runbooks.store import migrate, session_scope, writer_slot
@@ -471,9 +472,11 @@ def create_app(
         def write() -> dict[str, Any]:
             with session_scope(database_url) as s:
                 try:
-                    return label_view(add_label(s, incident_id, **fields))
+                    label = label_view(add_label(s, incident_id, **fields))
                 except NoSuchIncident as err:
                     raise IntakeError(404, str(err)) from None
+                redraft_postmortem(s, incident_id, policy, utcnow())
+                return label
 
         return JSONResponse(await run_in_threadpool(write), status_code=201)
 

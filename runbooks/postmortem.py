@@ -296,6 +296,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def redraft(session: Session, incident_id: int, policy: Policy, now: datetime) -> bool:
+    """Write the stored post-mortem again from the store as it is now (a label given after
+    the resolution changes its root cause and action items). An accepted one stays as it
+    was accepted; an incident without one has nothing to redraft. True when rewritten."""
+    session.flush()
+    incident, facts, labels = gather(session, incident_id)
+    if incident.postmortem is None or incident.postmortem_accepted_by is not None:
+        return False
+    incident.postmortem = build(incident, facts, labels, policy, now).model_dump(mode="json")
+    session.add(incident)
+    return True
+
+
 def build(
     incident: Incident, facts: Facts, labels: list[RootCauseLabel], policy: Policy, now: datetime
 ) -> PostMortem:

@@ -308,6 +308,33 @@ def test_get_builds_it_on_the_spot_without_storing_then_serves_the_stored_one(
     assert again["stored"] is True and again["summary"]["title"] == "kept"
 
 
+def test_a_label_given_after_the_resolution_redrafts_the_stored_post_mortem(
+    client: TestClient, db_url: str
+) -> None:
+    iid = stored_incident(db_url)
+    drafted = client.get(f"/api/v1/incidents/{iid}/postmortem", headers=AUTH).json()
+    with session_scope(db_url) as s:
+        s.get(Incident, iid).postmortem = drafted  # as the postmortem flow stores it
+    label = {"root_cause": "bad_deployment", "component": "model v2", "labeled_by": "erin"}
+    r = client.post(f"/api/v1/incidents/{iid}/labels", json=label, headers=AUTH)
+    assert r.status_code == 201, r.text
+    pm = client.get(f"/api/v1/incidents/{iid}/postmortem", headers=AUTH).json()
+    assert pm["stored"] is True and pm["root_cause"]["root_cause"] == "bad_deployment"
+    # Once accepted, it stays as it was accepted.
+    assert (
+        client.post(
+            f"/api/v1/incidents/{iid}/postmortem/accept", json={"by": "erin"}, headers=AUTH
+        ).status_code
+        == 200
+    )
+    label = {"root_cause": "infrastructure", "labeled_by": "frank"}
+    assert (
+        client.post(f"/api/v1/incidents/{iid}/labels", json=label, headers=AUTH).status_code == 201
+    )
+    kept = client.get(f"/api/v1/incidents/{iid}/postmortem", headers=AUTH).json()
+    assert kept["root_cause"]["root_cause"] == "bad_deployment"
+
+
 def test_get_names_a_missing_incident_and_wants_the_token(client: TestClient) -> None:
     r = client.get("/api/v1/incidents/9999/postmortem", headers=AUTH)
     assert r.status_code == 404 and "9999" in r.json()["error"]
