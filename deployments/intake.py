@@ -41,8 +41,8 @@ from runbooks.labels import LabelInputError, add_label, label_view, labels_of, p
 from runbooks.models import Action, Alert, Incident, TimelineEvent, utcnow
 from runbooks.policy import Policy
 from runbooks.postmortem import build as build_postmortem
-from runbooks.postmortem import redraft as redraft_postmortem
 from runbooks.postmortem import gather as gather_postmortem
+from runbooks.postmortem import redraft as redraft_postmortem
 from runbooks.reporting import ReportInputError, incident_report, parse_moment
 from runbooks.store import migrate, session_scope, writer_slot
 
