@@ -1,7 +1,8 @@
 """Alert POST -> containment call issued, through the real automation path.
 
 Starts a Prefect server, `runbooks serve` and a sandbox platform with N models serving a bad
-v2; posts one P1 alert per model, one at a time, and reads when the rollback action was
+v2; posts one P1 alert per model, one at a time (each once no flow run of the last one is
+still running), and reads when the rollback action was
 recorded as started (just before the platform call). Prints p50 and p99, and where the time
 goes (intake -> event delivered -> flow run created -> run started -> action).
 
@@ -29,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -121,6 +122,7 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
     rows = []
     try:
         for model in models:
+            wait_until_quiet(api)
             t0, m0 = time.time(), time.monotonic()
             r = httpx.post(
                 f"{intake}/api/v1/alerts",
@@ -148,7 +150,6 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
             if slack is not None:
                 row["slack"] = first_slack_message(slack, incident_id, m0)
             rows.append({**row, **whole_runbook(view, api, row, t0)})
-            time.sleep(0.5)
         if "--tasks" in sys.argv:
             print_task_runs(api, t0)
     finally:
@@ -161,6 +162,29 @@ def measure(n: int, serve_args: list[str]) -> list[dict]:
         if pg_db:
             drop_prefect_database(pg_db)
     return rows
+
+
+def wait_until_quiet(api: str, timeout: float = 60, quiet_for: float = 1.5) -> None:
+    """Until no flow run has been due, starting or running for `quiet_for` seconds: one
+    alert at a time means the last one's whole tail (its announcement and post-mortem,
+    started by events a moment after it resolved) has ended before the next POST, so each
+    figure is the alert's own, not a share of the 2 cores with the last one's."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        due = {
+            "state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}},
+            "expected_start_time": {"before_": datetime.now(UTC).isoformat()},
+        }
+        runs = httpx.post(
+            f"{api}/flow_runs/filter", json={"flow_runs": due, "limit": 1}, timeout=10
+        ).json()
+        if runs:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_for:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"flow runs still running after {timeout:g} s: {runs}")
 
 
 def report(rows: list[dict], n: int, label: str = "") -> None:

@@ -77,7 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"intake listening on http://{args.host}:{args.port}", flush=True)
     try:
         serve_deployments(
-            limit=args.limit, preload=not args.no_preload, poll_seconds=args.poll_seconds
+            limit=args.limit,
+            preload=not args.no_preload,
+            poll_seconds=args.poll_seconds,
+            in_process=not args.processes,
         )
     finally:
         server.should_exit = True
@@ -388,8 +391,14 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--no-preload",
                 action="store_true",
-                help="start each run in a fresh interpreter (Prefect's default) instead of "
-                "forking one that imported Prefect and the flows already",
+                help="start each run in a fresh interpreter, found by the poll alone "
+                "(Prefect's default) instead of forking one that imported Prefect and the "
+                "flows already, or a thread for deployments tagged in-process",
+            )
+            s.add_argument(
+                "--processes",
+                action="store_true",
+                help="start deployments tagged in-process in forked processes too",
             )
             s.add_argument(
                 "--poll-seconds",

@@ -87,7 +87,10 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[Any]:
 
 
 def serve_deployments(
-    limit: int | None = None, preload: bool = True, poll_seconds: float = 0.5
+    limit: int | None = None,
+    preload: bool = True,
+    poll_seconds: float = 0.5,
+    in_process: bool = True,
 ) -> None:
     """Serve every deployment in prefect.yaml from this process.
 
@@ -96,28 +99,47 @@ def serve_deployments(
     as a fresh `python -m prefect.engine` that imports Prefect and the flow's code again
     (1.3 s seen between the runner taking a run and the new interpreter's first line).
     With the flow in hand the runner starts the run with multiprocessing instead, which
-    `start_runs_preloaded` turns into a fork of a warm process.
+    `start_runs_preloaded` turns into a fork of a warm process, and, for the deployments
+    tagged `in-process`, deployments/in_process.py into a thread of this one.
 
-    `poll_seconds`: how often the runner asks the server for runs to start. Every alert
-    waits for it twice (triage, then the runbook); Prefect's setting
-    (PREFECT_RUNNER_POLL_FREQUENCY) takes whole seconds only.
+    `poll_seconds`: how often the runner asks the server for runs to start; besides, a
+    run Prefect schedules for these deployments is asked for at once (its Scheduled event).
+    `preload=False` is Prefect's own way, kept as the reference the bench measures
+    against: a fresh interpreter per run, found by the poll alone.
     """
     import asyncio
 
     from prefect.exceptions import TerminationSignal
-    from prefect.runner import Runner
+
+    from deployments.in_process import (
+        IN_PROCESS_TAG,
+        runner_class,
+        start_runs_when_scheduled,
+        start_tagged_runs_in_threads,
+    )
 
     specs = load_deployment_specs()
     if preload:
         start_runs_preloaded([spec["entrypoint"].split(":")[0] for spec in specs])
-    runner = Runner(limit=limit, query_seconds=poll_seconds, pause_on_shutdown=True)
+    flows = [with_resolved_annotations(import_entrypoint(s["entrypoint"])) for s in specs]
+    if preload and in_process:
+        tagged = [IN_PROCESS_TAG in (s.get("tags") or []) for s in specs]
+        start_tagged_runs_in_threads({f.name for f, t in zip(flows, tagged, strict=True) if t})
+    runner = runner_class()(limit=limit, query_seconds=poll_seconds, pause_on_shutdown=True)
 
     async def run() -> None:
-        for spec in specs:
-            flow = with_resolved_annotations(import_entrypoint(spec["entrypoint"]))
-            await runner.aadd_flow(flow, **deployment_options(spec))
+        ids = set()
+        for flow, spec in zip(flows, specs, strict=True):
+            ids.add(await runner.aadd_flow(flow, **deployment_options(spec)))
         print(f"serving {', '.join(s['name'] for s in specs)}", flush=True)
-        await runner.start()
+        if not preload:
+            await runner.start()
+            return
+        nudge = asyncio.create_task(start_runs_when_scheduled(runner, ids))
+        try:
+            await runner.start()
+        finally:
+            nudge.cancel()
 
     try:
         asyncio.run(run())
