@@ -123,10 +123,20 @@ def start_tagged_runs_in_threads(tagged: set[str]) -> bool:
 
 
 def runner_class() -> type:
-    """Prefect's Runner, cancelling in-process runs by stopping their threads."""
+    """Prefect's Runner, cancelling in-process runs by stopping their threads: one at a
+    time from the UI or API, and all of them when `runbooks serve` stops (as the runner
+    kills and marks Cancelled the runs in processes of their own)."""
     from prefect import get_client
     from prefect.runner import Runner as PrefectRunner
     from prefect.states import Cancelled
+
+    async def cancel(run: InProcessRun, state_msg: str | None) -> None:
+        stopped = await asyncio.to_thread(run.cancel)
+        message = state_msg or "Flow run was cancelled."
+        if not stopped:
+            message += " Its thread did not stop within 30 s; it is abandoned."
+        async with get_client() as client:
+            await client.set_flow_run_state(run.flow_run.id, Cancelled(message=message), force=True)
 
     class Runner(PrefectRunner):
         async def _cancel_run(self, flow_run: Any, state_msg: str | None = None) -> None:
@@ -135,12 +145,16 @@ def runner_class() -> type:
             if run is None:
                 await super()._cancel_run(flow_run, state_msg)
                 return
-            stopped = await asyncio.to_thread(run.cancel)
-            message = state_msg or "Flow run was cancelled."
-            if not stopped:
-                message += " Its thread did not stop within 30 s; it is abandoned."
-            async with get_client() as client:
-                await client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+            await cancel(run, state_msg)
+
+        async def cancel_all(self) -> None:
+            with InProcessRun._lock:
+                runs = list(InProcessRun.running.values())
+            await asyncio.gather(
+                *(cancel(r, "runbooks serve stopped while the run was in flight") for r in runs),
+                return_exceptions=True,
+            )
+            await super().cancel_all()
 
     return Runner
 

@@ -108,6 +108,8 @@ def serve_deployments(
     against: a fresh interpreter per run, found by the poll alone.
     """
     import asyncio
+    import signal
+    import threading
 
     from prefect.exceptions import TerminationSignal
 
@@ -132,6 +134,10 @@ def serve_deployments(
         for flow, spec in zip(flows, specs, strict=True):
             ids.add(await runner.aadd_flow(flow, **deployment_options(spec)))
         print(f"serving {', '.join(s['name'] for s in specs)}", flush=True)
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C stops as SIGTERM does: the runner cancels the runs in flight first,
+            # where a KeyboardInterrupt would wait for them (a paused approval: minutes).
+            signal.signal(signal.SIGINT, runner.handle_sigterm)
         if not preload:
             await runner.start()
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -32,9 +33,21 @@ def db() -> str:
     return get_settings().resolved_database_url()
 
 
-@lru_cache(maxsize=1)
 def policy() -> Policy:
-    return load_policy(get_settings().policy_file)
+    """The service's policy, read again when its file changes: runs on threads of a
+    long-lived `runbooks serve` see an edited policy at their next read, as runs in
+    processes of their own did."""
+    path = get_settings().policy_file
+    try:
+        stat = Path(path).stat() if path else None
+    except OSError:
+        stat = None  # load_policy says what is wrong with it
+    return _policy(str(path) if path else None, stat and (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=4)
+def _policy(path: str | None, version: tuple[int, int] | None) -> Policy:
+    return load_policy(path)
 
 
 class IncidentNotFound(LookupError):
