@@ -191,7 +191,7 @@ def write_policy(path: Path, kube_url: str, metrics_url: str) -> None:
             "target": {"kind": "kubernetes", "namespace": "ml-prod", "service": name},
             "recovery": recovery,
         }
-        for name in ("fraud-v3", "churn", "pricing", "ranker", "recsys")
+        for name in ("fraud-v3", "churn", "pricing", "ranker", "recsys", "cancel-me")
     }
     base["models"]["scaled"] = {
         "target": {
