@@ -2,16 +2,17 @@
 
 Starts a Prefect server, `runbooks serve` and a sandbox platform with N models serving a bad
 v2; posts one P1 alert per model, one at a time (each once no flow run of the last one is
-still running), and reads when the rollback action was
-recorded as started (just before the platform call). Prints p50 and p99, and where the time
+still running), and reads when the rollback action was recorded as started (just before
+the platform call). Prints p50 and p99, and where the time
 goes (intake -> event delivered -> flow run created -> run started -> action).
 
     ./run bench alert_to_action [N] [--prefect-postgres] [--tasks] [--compare] [--slack]
 
---compare runs the N alerts twice in the same run: with `runbooks serve`'s defaults (each
-flow run forked from a process with Prefect and the flows imported, runs polled for every
-0.5 s) and with `--no-preload --poll-seconds 1` (a fresh interpreter per run, polled every
-second: Prefect's own way, as before), and prints the ratio.
+--compare runs the N alerts twice in the same run: with `runbooks serve`'s defaults (the
+runs of deployments tagged in-process on threads of serve, handed to the runner when Prefect
+schedules them; the others forked from a warm process) and with `--no-preload
+--poll-seconds 1` (a fresh interpreter per run, found by a poll every second: Prefect's own
+way), and prints the ratio.
 
 --slack points the served flows at a fake Slack Web API on a real port in this process
 (tests/fake_slack.py: chat.postMessage answered as Slack does) and also prints alert POST ->

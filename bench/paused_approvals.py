@@ -4,9 +4,9 @@ A Prefect server and a `runbooks serve` of their own (own home and ports; the in
 store on SQLite, the Prefect server on PostgreSQL unless --sqlite). N incidents on N
 models (one remediation lock each), P2, whose policy asks for approval; one containment
 run per incident is created from the served deployment, in batches, and each is a real
-flow run of its own process (forked by the runner) that pauses for its
-answer. While they wait: the RSS and PSS of `runbooks serve` and its children (PSS splits
-the pages the forks share), the Prefect server's, and the intake's latency for
+flow run that pauses for its answer, on a thread of `runbooks serve` (the deployment is
+tagged in-process). While they wait: the RSS and PSS of `runbooks serve` and its children
+(PSS splits the pages forks share), the Prefect server's, and the intake's latency for
 GET /api/v1/incidents (before the runs and while they wait).
 
     .venv/bin/python bench/paused_approvals.py --incidents 100
