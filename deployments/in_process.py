@@ -136,7 +136,17 @@ def runner_class() -> type:
         if not stopped:
             message += " Its thread did not stop within 30 s; it is abandoned."
         async with get_client() as client:
-            await client.set_flow_run_state(run.flow_run.id, Cancelled(message=message), force=True)
+            state = await client.set_flow_run_state(
+                run.flow_run.id, Cancelled(message=message), force=True
+            )
+        # The flow's on_cancellation hooks, as the runner runs them after killing a process.
+        for hook in getattr(run.flow, "on_cancellation_hooks", None) or []:
+            try:
+                await asyncio.to_thread(
+                    hook, run.flow, run.flow_run, state.state or Cancelled(message=message)
+                )
+            except Exception:
+                log.exception("on_cancellation hook of flow run %s failed", run.flow_run.id)
 
     class Runner(PrefectRunner):
         async def _cancel_run(self, flow_run: Any, state_msg: str | None = None) -> None:

@@ -56,7 +56,14 @@ class ContainmentRequest(BaseModel):
     )
 
 
-@flow(name="containment", log_prints=True)
+def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
+    """A cancelled run leaves no lock held, no approval pending and the incident with a
+    person (Prefect runs this for a run in a process of its own; deployments/in_process.py
+    for one on a thread of `runbooks serve`)."""
+    store.cancelled_run(str(flow_run.id), state.message or "cancelled")
+
+
+@flow(name="containment", log_prints=True, on_cancellation=[_cancelled])
 def contain(request: ContainmentRequest) -> str:
     incident = store.read_incident(request.incident_id)
     run = flow_run_id()

@@ -14,10 +14,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from runbooks.changes import record_change
-from runbooks.incidents import IncidentStateError, add_timeline
+from runbooks.incidents import IncidentStateError, add_timeline, hand_to_human
 from runbooks.models import (
     ACTIVE_STATUSES,
     Action,
+    Approval,
     AutomationPause,
     Incident,
     RemediationLock,
@@ -262,3 +263,39 @@ def finish_runbook(
 
 def started_runbooks(session: Session, incident_id: int) -> list[RunbookRun]:
     return list(session.exec(select(RunbookRun).where(RunbookRun.incident_id == incident_id)).all())
+
+
+def cancel_run(session: Session, flow_run_id: str, why: str) -> list[int]:
+    """What a runbook's flow run cancelled from outside (the Prefect UI's Cancel, or
+    `runbooks serve` stopping) leaves behind, put right: the model locks it held released,
+    its pending approvals `cancelled`, its runbook record finished `cancelled`, and each
+    incident handed to a person with the reason. Returns the incidents it touched."""
+    touched: set[int] = set()
+    locks = session.exec(
+        select(RemediationLock).where(col(RemediationLock.holder).endswith(flow_run_id))
+    ).all()
+    for lock in locks:
+        touched.add(lock.incident_id)
+        session.delete(lock)
+    asked = session.exec(
+        select(Approval).where(Approval.flow_run_id == flow_run_id, Approval.status == "pending")
+    ).all()
+    for row in asked:
+        row.status, row.decided_at, row.decided_by = "cancelled", utcnow(), "cancelled"
+        row.comment = why
+        session.add(row)
+        touched.add(row.incident_id)
+    runs = session.exec(
+        select(RunbookRun).where(
+            RunbookRun.flow_run_id == flow_run_id, col(RunbookRun.outcome).is_(None)
+        )
+    ).all()
+    for run in runs:
+        run.outcome, run.finished_at = "cancelled", utcnow()
+        session.add(run)
+        touched.add(run.incident_id)
+    for incident_id in sorted(touched):
+        incident = session.get(Incident, incident_id)
+        if incident is not None:
+            hand_to_human(session, incident, "runbook", f"flow run {flow_run_id} cancelled: {why}")
+    return sorted(touched)

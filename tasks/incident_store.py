@@ -224,6 +224,12 @@ def finish_runbook(incident_id: int, runbook: str, run: str, outcome: str) -> No
         remediation.finish_runbook(s, incident_id, runbook, run, outcome)
 
 
+def cancelled_run(flow_run_id: str, why: str) -> list[int]:
+    """Not a task: Prefect calls it from a cancelled run's hook, outside the run."""
+    with session_scope(db()) as s:
+        return remediation.cancel_run(s, flow_run_id, why)
+
+
 @task(**_retry)
 def hand_to_human(incident_id: int, actor: str, why: str) -> None:
     with session_scope(db()) as s:

@@ -1,7 +1,7 @@
 """Runs of deployments tagged `in-process` in prefect.yaml start on a thread of the session's
 `runbooks serve` (deployments/in_process.py). What a user of the Prefect UI expects of
-them still holds: Cancel stops the run, the serve process goes on serving, and the
-runbook does not act afterwards.
+them still holds: Cancel stops the run, the serve process goes on serving, the runbook
+does not act afterwards, and what it held (the model's lock, the approval) is put right.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from prefect.states import Cancelling
 
 from deployments.in_process import IN_PROCESS_TAG
 from deployments.serve import PREFECT_YAML
+from runbooks.models import Incident, RemediationLock
+from runbooks.settings import get_settings
+from runbooks.store import session_scope
 from tests.conftest import make_model
 from tests.helpers import wait_for
 from tests.test_containment import actions_of, open_incident, timeline_of
-from tests.test_runbook_outcomes import flow_run_state, pending_approval
+from tests.test_runbook_outcomes import approval_row, flow_run_state, pending_approval
 
 pytestmark = pytest.mark.slow
 NS = "ml-prod"
@@ -56,8 +59,12 @@ def test_cancelling_a_served_run_waiting_for_approval_stops_it_and_serve_goes_on
 
     assert stack["serve"].proc.poll() is None, "runbooks serve exited"
     assert httpx.get(f"{stack['intake']}/healthz", timeout=5).status_code == 200
-    # The stopped runbook did not act, and its thread is not there to act later.
+    # The stopped runbook did not act, and what it held is put right: the approval is
+    # cancelled, the model's lock free, and a person has the incident.
     assert actions_of(incident_id) == []
-    core_svc = core.read_namespaced_service(MODEL, NS)
-    assert core_svc.spec.selector["version"] == "v2"
+    assert core.read_namespaced_service(MODEL, NS).spec.selector["version"] == "v2"
+    wait_for(lambda: approval_row(incident_id).status == "cancelled", 30, what="approval cancelled")
+    with session_scope(get_settings().resolved_database_url()) as s:
+        assert s.get(RemediationLock, MODEL) is None
+        assert f"flow run {run.id} cancelled" in (s.get(Incident, incident_id).needs_human or "")
     assert not any("approved by" in m for m in timeline_of(incident_id))
