@@ -3,8 +3,8 @@
 Starts a Prefect server, `runbooks serve` and a sandbox platform with N models serving a bad
 v2; posts one P1 alert per model, one at a time (each once no flow run of the last one is
 still running), and reads when the rollback action was recorded as started (just before
-the platform call). Prints p50 and p99, and where the time
-goes (intake -> event delivered -> flow run created -> run started -> action).
+the platform call). Prints p50 and p99, and where the time goes (intake -> event delivered
+-> flow run created -> run started -> action).
 
     ./run bench alert_to_action [N] [--prefect-postgres] [--tasks] [--compare] [--slack]
 
