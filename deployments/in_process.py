@@ -155,6 +155,13 @@ def runner_class() -> type:
             if run is None:
                 await super()._cancel_run(flow_run, state_msg)
                 return
+            if state_msg is None:
+                # Whoever cancelled may have said why (the API's Cancelling message): that
+                # reason, not the runner's stock one, goes on the incident's timeline.
+                async with get_client() as client:
+                    current = (await client.read_flow_run(run_id)).state
+                if current is not None and current.is_cancelling():
+                    state_msg = current.message or None
             await cancel(run, state_msg)
 
         async def cancel_all(self) -> None:

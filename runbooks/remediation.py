@@ -281,7 +281,7 @@ def cancel_run(session: Session, flow_run_id: str, why: str) -> list[int]:
         select(Approval).where(Approval.flow_run_id == flow_run_id, Approval.status == "pending")
     ).all()
     for row in asked:
-        row.status, row.decided_at, row.decided_by = "cancelled", utcnow(), "cancelled"
+        row.status, row.decided_at, row.decided_by = "cancelled", utcnow(), "prefect"
         row.comment = why
         session.add(row)
         touched.add(row.incident_id)

@@ -66,5 +66,6 @@ def test_cancelling_a_served_run_waiting_for_approval_stops_it_and_serve_goes_on
     wait_for(lambda: approval_row(incident_id).status == "cancelled", 30, what="approval cancelled")
     with session_scope(get_settings().resolved_database_url()) as s:
         assert s.get(RemediationLock, MODEL) is None
-        assert f"flow run {run.id} cancelled" in (s.get(Incident, incident_id).needs_human or "")
+        why = s.get(Incident, incident_id).needs_human or ""
+        assert f"flow run {run.id} cancelled: the test cancels" in why
     assert not any("approved by" in m for m in timeline_of(incident_id))
